@@ -1,0 +1,649 @@
+"""Process helpers: start real servers on 127.0.0.1 and wait until they work.
+
+Each server runs as a subprocess with its output in ``<work dir>/<name>.log``.
+Starting waits for the server's readiness endpoint; a server that exits or does
+not get ready in time raises :class:`ServerStartError` with the last lines of
+its log, which is usually all one needs to see why.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import requests
+import yaml
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOG_TAIL_LINES = 30
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+HTTP_TIMEOUT = 5.0
+
+
+class ServerStartError(RuntimeError):
+    """A server exited or did not get ready; the message ends with its log."""
+
+
+class MissingBinaryError(RuntimeError):
+    """A server's binary is not installed; the message names the Debian package."""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now.
+
+    SO_REUSEADDR as servers set it, so that a port left in TIME_WAIT by a
+    stopped server counts as free.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> None:
+    """Poll ``predicate`` until it returns true; raise TimeoutError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(min(interval, remaining))
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """Split ``127.0.0.1:PORT``; any other host is refused.
+
+    The testbed must never listen where other machines can reach it.
+    """
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"listen address {value!r} is not HOST:PORT")
+    if host != "127.0.0.1":
+        raise ValueError(f"listen address {value!r}: the host must be 127.0.0.1")
+    return host, int(port_text)
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """Return the last ``lines`` lines of a log file, or a note when it is missing."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def local_session() -> requests.Session:
+    """A requests session that ignores proxy variables, so requests stay on this machine."""
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a subprocess: ours without proxy settings, plus ``extra``.
+
+    A proxy variable inherited from the shell would send a child's requests for
+    127.0.0.1 to another host.
+    """
+    env = {key: value for key, value in os.environ.items() if not key.lower().endswith("_proxy")}
+    env.update(extra or {})
+    return env
+
+
+def require_binary(binary: str, package: str) -> str:
+    """Return the path of ``binary`` or raise MissingBinaryError naming its Debian package."""
+    path = shutil.which(binary)
+    if path is None:
+        raise MissingBinaryError(
+            f"{binary!r} is not on PATH: install the Debian package {package!r} "
+            f"(apt-get install {package}, or scripts/install --test)"
+        )
+    return path
+
+
+def _check_loopback_target(address: str) -> str:
+    """Refuse scrape targets that are not on this machine's loopback interface."""
+    parse_listen_address(address)
+    return address
+
+
+class ManagedProcess:
+    """A subprocess whose output goes to ``<work_dir>/<name>.log``.
+
+    Subclasses build the command line in :meth:`command` and say when the
+    process is ready in :meth:`is_ready`.
+    """
+
+    def __init__(self, work_dir: Path, name: str) -> None:
+        self.work_dir = Path(work_dir)
+        self.name = name
+        self.log_path = self.work_dir / f"{name}.log"
+        self.start_timeout = START_TIMEOUT
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def is_ready(self) -> bool:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return child_env()
+
+    def working_directory(self) -> Path | None:
+        return None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the process has exited, else None."""
+        return self._process.poll() if self._process else None
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> Self:
+        """Spawn the process and wait until :meth:`is_ready`; return self."""
+        if self.running():
+            raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
+
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        command = self.command()
+        started = time.monotonic()
+        self._spawn(command)
+
+        self._wait_ready()
+        logger.info(
+            "%s started (pid %s) in %.2fs", self.name, self.pid, time.monotonic() - started
+        )
+        return self
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """Send SIGTERM, wait up to ``timeout`` s, then SIGKILL; return the exit code."""
+        process = self._process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s ignored SIGTERM for %.0fs; killing it", self.name, timeout)
+                process.kill()
+                process.wait()
+
+        logger.info("%s stopped with exit code %s", self.name, process.returncode)
+        return process.returncode
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return log_tail(self.log_path, lines)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _spawn(self, command: Sequence[str]) -> None:
+        # Append, so that a restarted server's log keeps the earlier run.
+        with self.log_path.open("ab") as log:
+            log.write(f"--- {' '.join(command)}\n".encode())
+            log.flush()
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.working_directory(),
+                env=self.environment(),
+            )
+
+    def _wait_ready(self) -> None:
+        try:
+            wait_until(
+                lambda: not self.running() or self.is_ready(),
+                self.start_timeout,
+                what=f"{self.name} to get ready",
+            )
+        except TimeoutError as exc:
+            self.stop()
+            raise ServerStartError(
+                f"{exc}; last lines of {self.log_path}:\n{self.log_tail()}"
+            ) from exc
+
+        if not self.running():
+            raise ServerStartError(
+                f"{self.name} exited with code {self.returncode} while starting; "
+                f"last lines of {self.log_path}:\n{self.log_tail()}"
+            )
+
+
+class HTTPServerProcess(ManagedProcess):
+    """A managed process that serves HTTP on 127.0.0.1 at a port fixed for its lifetime."""
+
+    ready_path = "/-/ready"
+
+    def __init__(self, work_dir: Path, name: str, port: int | None = None) -> None:
+        super().__init__(work_dir, name)
+        self.port = port or free_port()
+        self.http = local_session()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def target(self) -> str:
+        """The address to scrape, as written in a Prometheus configuration."""
+        return f"127.0.0.1:{self.port}"
+
+    def is_ready(self) -> bool:
+        try:
+            return self.http.get(self.url + self.ready_path, timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def start(self) -> Self:
+        # Another server on our port would answer the readiness check for us.
+        if not port_is_free(self.port):
+            raise ServerStartError(f"{self.name}: 127.0.0.1:{self.port} is already in use")
+        return super().start()
+
+    def restart(self) -> Self:
+        """Stop and start again on the same port, with the same files."""
+        self.stop()
+        return self.start()
+
+
+class PromQLServer(HTTPServerProcess):
+    """A server that answers Prometheus's instant-query API."""
+
+    def query(self, expr: str, time: float | None = None) -> list[dict[str, Any]]:
+        """Run an instant query and return ``data.result``; raise RuntimeError on an error."""
+        params: dict[str, str | float] = {"query": expr}
+        if time is not None:
+            params["time"] = time
+        response = self.http.get(f"{self.url}/api/v1/query", params=params, timeout=HTTP_TIMEOUT)
+
+        body = response.json()
+        if body.get("status") != "success":
+            raise RuntimeError(
+                f"{self.name} query {expr!r} failed with HTTP {response.status_code}: "
+                f"{body.get('errorType')}: {body.get('error')}"
+            )
+        return list(body["data"]["result"])
+
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    """One address for Prometheus to scrape; targets of one job share its settings."""
+
+    address: str
+    job: str = "testbed"
+    honor_labels: bool = False
+
+
+class PrometheusServer(PromQLServer):
+    """Prometheus scraping the given targets, with its data in ``<work_dir>/<name>-data``."""
+
+    def __init__(
+        self,
+        work_dir: Path,
+        targets: Sequence[str | ScrapeTarget] = (),
+        scrape_interval: str = "1s",
+        extra_args: Sequence[str] = (),
+        *,
+        extra_config: Mapping[str, Any] | None = None,
+        port: int | None = None,
+        name: str = "prometheus",
+    ) -> None:
+        super().__init__(work_dir, name, port)
+        self.targets = [
+            target if isinstance(target, ScrapeTarget) else ScrapeTarget(target)
+            for target in targets
+        ]
+        for target in self.targets:
+            _check_loopback_target(target.address)
+        self.scrape_interval = scrape_interval
+        self.extra_args = list(extra_args)
+        self.extra_config = dict(extra_config or {})
+        self.config_path = self.work_dir / f"{name}.yml"
+        self.data_dir = self.work_dir / f"{name}-data"
+        self.started_at = 0.0
+
+    def config(self) -> dict[str, Any]:
+        """The prometheus.yml contents: one scrape job per distinct job name."""
+        jobs: dict[str, dict[str, Any]] = {}
+        for target in self.targets:
+            job = jobs.setdefault(
+                target.job,
+                {
+                    "job_name": target.job,
+                    "honor_labels": target.honor_labels,
+                    "static_configs": [{"targets": []}],
+                },
+            )
+            if job["honor_labels"] != target.honor_labels:
+                raise ValueError(f"targets of job {target.job!r} disagree on honor_labels")
+            job["static_configs"][0]["targets"].append(target.address)
+
+        interval = {"scrape_interval": self.scrape_interval}
+        interval["evaluation_interval"] = self.scrape_interval
+        return {"global": interval, "scrape_configs": list(jobs.values()), **self.extra_config}
+
+    def command(self) -> list[str]:
+        binary = require_binary("prometheus", "prometheus")
+        self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        return [
+            binary,
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.data_dir}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            # Tests backfill and query old data; the default 15d would drop it.
+            "--storage.tsdb.retention.time=100y",
+            *self.extra_args,
+        ]
+
+    def start(self) -> Self:
+        self.started_at = time.time()
+        return super().start()
+
+    def wait_for_targets_up(self, timeout: float = 30) -> None:
+        """Wait until every target has been scraped successfully since the last start.
+
+        Ready is not enough: Prometheus 2.42 waits about 5 s after start before
+        its first scrape. And after a restart, ``up`` samples from the previous
+        run still answer queries for 5 minutes, so only newer ones count.
+        """
+        wanted = {target.address for target in self.targets}
+        wait_until(
+            lambda: wanted <= self._targets_up(),
+            timeout,
+            interval=0.2,
+            what=f"up == 1 for {', '.join(sorted(wanted))}",
+        )
+
+    def _targets_up(self) -> set[str]:
+        expr = f"up == 1 and timestamp(up) >= {self.started_at:.3f}"
+        try:
+            samples = self.query(expr)
+        except (requests.RequestException, RuntimeError):
+            return set()
+        return {sample["metric"].get("instance", "") for sample in samples}
+
+
+class PushgatewayServer(HTTPServerProcess):
+    """A Pushgateway persisting to ``<work_dir>/<name>.data``.
+
+    Scrape it with ``ScrapeTarget(server.target, job="pushgateway", honor_labels=True)``
+    so that the pushed ``job`` and ``instance`` labels are kept.
+    """
+
+    def __init__(
+        self,
+        work_dir: Path,
+        extra_args: Sequence[str] = (),
+        *,
+        port: int | None = None,
+        name: str = "pushgateway",
+    ) -> None:
+        super().__init__(work_dir, name, port)
+        self.extra_args = list(extra_args)
+        self.persistence_path = self.work_dir / f"{name}.data"
+
+    def command(self) -> list[str]:
+        return [
+            require_binary("prometheus-pushgateway", "prometheus-pushgateway"),
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            # The Debian default lives under /var/lib, shared by every instance.
+            f"--persistence.file={self.persistence_path}",
+            *self.extra_args,
+        ]
+
+    def push(
+        self,
+        job: str,
+        exposition: str,
+        grouping: Mapping[str, str] | None = None,
+        replace: bool = True,
+    ) -> None:
+        """Push text-format metrics to a group; PUT replaces the group, POST merges.
+
+        The text must carry ``# TYPE`` lines, else pushed series are untyped.
+        """
+        method = "PUT" if replace else "POST"
+        body = exposition if exposition.endswith("\n") else exposition + "\n"
+        response = self.http.request(
+            method, self._group_url(job, grouping), data=body.encode(), timeout=HTTP_TIMEOUT
+        )
+        response.raise_for_status()
+
+    def delete(self, job: str, grouping: Mapping[str, str] | None = None) -> None:
+        """Delete a whole group."""
+        response = self.http.delete(self._group_url(job, grouping), timeout=HTTP_TIMEOUT)
+        response.raise_for_status()
+
+    def _group_url(self, job: str, grouping: Mapping[str, str] | None) -> str:
+        # Base64 in every path segment, so values may hold "/" or be empty.
+        # https://github.com/prometheus/pushgateway#url
+        parts = [("job", job), *(grouping or {}).items()]
+        path = "".join(f"/{quote(name)}@base64/{_base64_segment(value)}" for name, value in parts)
+        return f"{self.url}/metrics{path}"
+
+
+def _base64_segment(value: str) -> str:
+    # The Pushgateway reads a lone "=" as the empty string.
+    return base64.urlsafe_b64encode(value.encode()).decode() or "="
+
+
+class VictoriaMetricsServer(PromQLServer):
+    """A single-node VictoriaMetrics set up to answer queries like Prometheus."""
+
+    ready_path = "/health"
+
+    def __init__(
+        self,
+        work_dir: Path,
+        extra_args: Sequence[str] = (),
+        *,
+        port: int | None = None,
+        name: str = "victoria-metrics",
+    ) -> None:
+        super().__init__(work_dir, name, port)
+        self.extra_args = list(extra_args)
+        self.data_dir = self.work_dir / f"{name}-data"
+
+    def command(self) -> list[str]:
+        return [
+            require_binary("victoria-metrics", "victoria-metrics"),
+            f"-httpListenAddr=127.0.0.1:{self.port}",
+            f"-storageDataPath={self.data_dir}",
+            # By default the newest 30 s are hidden and the lookback differs from
+            # Prometheus's 5 minutes.
+            "-search.latencyOffset=0s",
+            "-search.maxStalenessInterval=5m",
+            *self.extra_args,
+        ]
+
+    def import_prometheus(self, exposition: str, timestamp: float | None = None) -> None:
+        """Import text-format samples and make them queryable at once."""
+        params = {"timestamp": int(timestamp * 1000)} if timestamp is not None else {}
+        response = self.http.post(
+            f"{self.url}/api/v1/import/prometheus",
+            params=params,
+            data=exposition.encode(),
+            timeout=HTTP_TIMEOUT,
+        )
+        response.raise_for_status()
+
+        self.force_flush()
+
+    def force_flush(self) -> None:
+        response = self.http.get(f"{self.url}/internal/force_flush", timeout=HTTP_TIMEOUT)
+        response.raise_for_status()
+
+
+class ExporterProcess(HTTPServerProcess):
+    """``python -m testbed.exporter`` as a subprocess, driven through its control API."""
+
+    ready_path = "/metrics"
+
+    def __init__(
+        self,
+        work_dir: Path,
+        pipelines: Sequence[str] = (),
+        *,
+        port: int | None = None,
+        name: str = "exporter",
+    ) -> None:
+        """``pipelines`` are scripted-pipeline specs such as ``"training:every=2"``."""
+        super().__init__(work_dir, name, port)
+        self.pipeline_specs = list(pipelines)
+
+    def command(self) -> list[str]:
+        specs = [arg for spec in self.pipeline_specs for arg in ("--pipeline", spec)]
+        listen = f"127.0.0.1:{self.port}"
+        return [sys.executable, "-m", "testbed.exporter", "--listen", listen, *specs]
+
+    def working_directory(self) -> Path:
+        # The repository root, so that ``-m testbed.exporter`` finds the package.
+        return REPO_ROOT
+
+    def succeed(self, pipeline: str, timestamp: float | None = None) -> float:
+        """Record a success (at ``timestamp``, default now); return the recorded timestamp."""
+        body = {} if timestamp is None else {"timestamp": timestamp}
+        response = self._control("POST", pipeline, "/success", body)
+        return float(response["last_success"])
+
+    def fail(self, pipeline: str) -> None:
+        """Count a failed run; the last-success gauge keeps its value."""
+        self._control("POST", pipeline, "/failure")
+
+    def remove(self, pipeline: str) -> None:
+        """Remove every series of the pipeline, so that Prometheus marks them stale."""
+        self._control("DELETE", pipeline)
+
+    def pipelines(self) -> dict[str, float | None]:
+        """Last success per known pipeline; None for one that only ever failed."""
+        response = self.http.get(f"{self.url}/pipelines", timeout=HTTP_TIMEOUT)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def metrics_text(self) -> str:
+        response = self.http.get(f"{self.url}/metrics", timeout=HTTP_TIMEOUT)
+        response.raise_for_status()
+        return response.text
+
+    def _control(
+        self, method: str, pipeline: str, action: str = "", body: dict[str, float] | None = None
+    ) -> dict[str, Any]:
+        url = f"{self.url}/pipelines/{quote_pipeline(pipeline)}{action}"
+        response = self.http.request(method, url, json=body, timeout=HTTP_TIMEOUT)
+        if response.status_code >= 400:
+            raise RuntimeError(
+                f"exporter answered {method} {action or '/'} for pipeline {pipeline!r} with "
+                f"HTTP {response.status_code}: {response.text.strip()}"
+            )
+        return dict(response.json())
+
+
+def quote_pipeline(name: str) -> str:
+    """Quote a pipeline name as one URL path segment.
+
+    Dots are quoted too: HTTP clients remove ``.`` and ``..`` segments from paths.
+    """
+    return quote(name, safe="").replace(".", "%2E")
+
+
+class WatchdogProcess(HTTPServerProcess):
+    """``pipeline-watchdog run`` as a subprocess, with its configuration written for it.
+
+    The configuration's ``listen`` address is set to a free loopback port when
+    missing; the daemon is ready once its ``/metrics`` answers.
+    """
+
+    ready_path = "/metrics"
+
+    def __init__(
+        self,
+        work_dir: Path,
+        config: Mapping[str, Any],
+        extra_args: Sequence[str] = (),
+        *,
+        binary: str | None = None,
+        name: str = "watchdog",
+    ) -> None:
+        self.config = dict(config)
+        self.config.setdefault("listen", f"127.0.0.1:{free_port()}")
+        _, port = parse_listen_address(str(self.config["listen"]))
+        super().__init__(work_dir, name, port)
+        self.binary = binary
+        self.extra_args = list(extra_args)
+        self.config_path = self.work_dir / f"{name}.yaml"
+
+    def command(self) -> list[str]:
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        binary = self.binary or watchdog_binary()
+        return [binary, "run", "--config", str(self.config_path), *self.extra_args]
+
+    def environment(self) -> dict[str, str]:
+        # Settings from the caller's environment would override the file.
+        env = child_env()
+        return {key: value for key, value in env.items() if not key.startswith("WATCHDOG_")}
+
+    def metrics_text(self) -> str:
+        response = self.http.get(f"{self.url}/metrics", timeout=HTTP_TIMEOUT)
+        response.raise_for_status()
+        return response.text
+
+
+def watchdog_binary() -> str:
+    """The ``pipeline-watchdog`` script next to this interpreter, else the one on PATH."""
+    beside = Path(sys.executable).parent / "pipeline-watchdog"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("pipeline-watchdog")
+    if found is None:
+        raise MissingBinaryError(
+            "pipeline-watchdog is not installed: run scripts/install (pip install -e .)"
+        )
+    return found

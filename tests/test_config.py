@@ -1,0 +1,180 @@
+from pathlib import Path
+
+import pytest
+
+from watchdog.config import load_settings
+from watchdog.exceptions import ConfigError
+
+EXAMPLE = Path(__file__).parent.parent / "config" / "watchdog.example.yaml"
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    return caught.value.problems
+
+
+def test_empty_file_gives_documented_defaults(write_config) -> None:
+    settings = load_settings(write_config(""))
+
+    assert settings.prometheus.url == "http://127.0.0.1:9090"
+    assert settings.prometheus.timeout == 10
+    assert settings.evaluation_interval == 30
+    assert settings.defaults.max_age == 7200
+    assert settings.pipeline_label == "pipeline"
+    assert settings.listen == "127.0.0.1:9309"
+
+
+def test_example_config_is_valid() -> None:
+    settings = load_settings(EXAMPLE)
+
+    assert settings.receivers
+    assert settings.pipelines
+
+
+def test_each_problem_is_one_line_naming_the_field(write_config) -> None:
+    path = write_config(
+        {
+            "evaluation_interval": "soon",
+            "pipelines": [
+                {"name": "a"},
+                {"name": "b", "max_age": "1h"},
+                {"name": "c", "max_age": "2 hours"},
+                {"name": "d", "maxage": "1h"},
+            ],
+            "receivers": [{"name": "r", "type": "pager", "url": "http://127.0.0.1:1/x"}],
+        }
+    )
+
+    found = problems(path)
+
+    assert found == [
+        "evaluation_interval: invalid duration 'soon' "
+        "(expected e.g. 500ms, 30s, 5m, 2h, 1d or seconds)",
+        "pipelines[2].max_age: invalid duration '2 hours' "
+        "(expected e.g. 500ms, 30s, 5m, 2h, 1d or seconds)",
+        "pipelines[3].maxage: unknown setting",
+        "receivers[0]: unknown type 'pager' (expected 'webhook', 'slack')",
+    ]
+
+
+def test_zero_threshold_is_rejected(write_config) -> None:
+    found = problems(write_config({"defaults": {"max_age": 0}}))
+
+    assert found == ["defaults.max_age: must be greater than zero"]
+
+
+def test_duplicate_names_are_rejected(write_config) -> None:
+    found = problems(write_config({"pipelines": [{"name": "a"}, {"name": "a"}]}))
+
+    assert found == ["pipelines: duplicate name 'a'"]
+
+
+def test_receiver_url_problems_never_echo_the_url(write_config) -> None:
+    secret = "ftp://hooks.example/T000/B000/SECRETTOKEN"
+    path = write_config({"receivers": [{"name": "s", "type": "slack", "url": secret}]})
+
+    found = problems(path)
+
+    assert found == ["receivers[0].url: must be an http:// or https:// URL"]
+    assert "SECRETTOKEN" not in " ".join(found)
+
+
+def test_receiver_url_can_come_from_a_file(write_config, tmp_path: Path) -> None:
+    secret_file = tmp_path / "slack-url"
+    secret_file.write_text("http://127.0.0.1:1/services/T/B/X\n")
+    path = write_config(
+        {"receivers": [{"name": "s", "type": "slack", "url_file": str(secret_file)}]}
+    )
+
+    settings = load_settings(path)
+
+    assert settings.receivers[0].resolve_url() == "http://127.0.0.1:1/services/T/B/X"
+
+
+def test_unreadable_url_file_is_reported(write_config, tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    path = write_config({"receivers": [{"name": "s", "type": "slack", "url_file": str(missing)}]})
+
+    assert problems(path) == [
+        f"receivers[0].url_file: cannot read '{missing}': No such file or directory"
+    ]
+
+
+def test_receiver_needs_exactly_one_url_source(write_config) -> None:
+    found = problems(write_config({"receivers": [{"name": "w", "type": "webhook"}]}))
+
+    assert found == ["receivers[0]: set exactly one of url and url_file"]
+
+
+def test_secret_url_is_hidden_in_repr(write_config) -> None:
+    url = "http://127.0.0.1:1/services/T/B/SECRETTOKEN"
+    path = write_config({"receivers": [{"name": "s", "type": "slack", "url": url}]})
+
+    settings = load_settings(path)
+
+    assert "SECRETTOKEN" not in repr(settings)
+    assert "SECRETTOKEN" not in str(settings.model_dump())
+
+
+def test_environment_wins_over_file_and_keeps_sibling_keys(
+    write_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config({"prometheus": {"url": "http://127.0.0.1:9090", "timeout": "3s"}})
+    monkeypatch.setenv("WATCHDOG_PROMETHEUS__URL", "http://127.0.0.1:9999/prefix")
+    monkeypatch.setenv("WATCHDOG_DEFAULTS__MAX_AGE", "45m")
+    monkeypatch.setenv("WATCHDOG_PIPELINES", '[{"name": "train", "max_age": "1h"}]')
+
+    settings = load_settings(path)
+
+    assert settings.prometheus.url == "http://127.0.0.1:9999/prefix"
+    assert settings.prometheus.timeout == 3
+    assert settings.defaults.max_age == 2700
+    assert settings.pipelines[0].max_age == 3600
+
+
+def test_bad_environment_value_names_the_field(
+    write_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WATCHDOG_EVALUATION_INTERVAL", "often")
+
+    found = problems(write_config({}))
+
+    assert found[0].startswith("evaluation_interval: invalid duration 'often'")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("prometheus: [unclosed", "invalid YAML at line 1"),
+        ("- just\n- a list\n", "the top level must be a mapping"),
+    ],
+)
+def test_unparseable_file_is_one_line(write_config, text: str, expected: str) -> None:
+    found = problems(write_config(text))
+
+    assert len(found) == 1
+    assert expected in found[0]
+
+
+def test_missing_file_is_reported(tmp_path: Path) -> None:
+    found = problems(tmp_path / "absent.yaml")
+
+    assert found == [
+        f"cannot read config file '{tmp_path / 'absent.yaml'}': No such file or directory"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("listen", "9309", "listen: invalid listen address '9309' (expected host:port)"),
+        ("pipeline_label", "pipe-line", "pipeline_label: invalid label name 'pipe-line'"),
+        ("metric", "bad metric", "metric: invalid metric name 'bad metric'"),
+        ("prometheus", {"url": "localhost:9090"}, "prometheus.url: must be an http"),
+    ],
+)
+def test_invalid_scalars_are_named(write_config, key: str, value: object, expected: str) -> None:
+    found = problems(write_config({key: value}))
+
+    assert found[0].startswith(expected)

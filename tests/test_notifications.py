@@ -1,0 +1,115 @@
+import json
+
+from watchdog.alerts import AlertEvent, AlertStatus
+from watchdog.freshness import FreshnessState, PipelineStatus
+from watchdog.notifications import Notification, describe, slack_body, webhook_body
+
+NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+
+
+def stale(name: str = "feature-build", age: float = 11520) -> PipelineStatus:
+    return PipelineStatus(
+        pipeline=name,
+        state=FreshnessState.stale,
+        max_age=7200,
+        evaluated_at=NOW,
+        last_success=NOW - age,
+        last_seen=NOW,
+    )
+
+
+def notification(*events: AlertEvent) -> Notification:
+    return Notification(
+        receiver="ops", status=events[0].status, events=list(events), created_at=NOW, id="abc"
+    )
+
+
+def test_stale_summary_says_how_late_and_the_threshold() -> None:
+    assert describe(stale()) == (
+        "feature-build is stale: last success 3h 12m ago, threshold 2h (1h 12m late)"
+    )
+
+
+def test_missing_summaries_say_why() -> None:
+    never = PipelineStatus("ghost", FreshnessState.missing, 3600, NOW)
+    vanished = PipelineStatus(
+        "gone", FreshnessState.missing, 3600, NOW, last_success=NOW - 4000, last_seen=NOW - 600
+    )
+    not_a_time = PipelineStatus("zero", FreshnessState.missing, 3600, NOW, value=0.0)
+
+    assert describe(never) == "ghost is missing: Prometheus has no last-success series for it"
+    assert describe(vanished) == (
+        "gone is missing: its last-success series vanished 10m ago; last success 1h 6m ago"
+    )
+    assert describe(not_a_time) == "zero is missing: its last-success value 0 is not a timestamp"
+
+
+def test_webhook_body_carries_the_documented_fields() -> None:
+    event = AlertEvent(AlertStatus.firing, stale(), firing_since=NOW)
+
+    body = webhook_body(notification(event))
+
+    assert body == {
+        "version": "1",
+        "id": "abc",
+        "status": "firing",
+        "receiver": "ops",
+        "created_at": "2027-01-15T08:00:00Z",
+        "summary": "1 pipeline late: feature-build",
+        "alerts": [
+            {
+                "pipeline": "feature-build",
+                "status": "firing",
+                "state": "stale",
+                "age_seconds": 11520,
+                "max_age_seconds": 7200,
+                "last_success": "2027-01-15T04:48:00Z",
+                "evaluated_at": "2027-01-15T08:00:00Z",
+                "firing_since": "2027-01-15T08:00:00Z",
+                "summary": (
+                    "feature-build is stale: last success 3h 12m ago, threshold 2h (1h 12m late)"
+                ),
+            }
+        ],
+    }
+    json.dumps(body)  # serialisable as is
+
+
+def test_resolved_summary_says_how_long_it_fired() -> None:
+    fresh = PipelineStatus(
+        "feature-build", FreshnessState.fresh, 7200, NOW, last_success=NOW - 30, last_seen=NOW
+    )
+    event = AlertEvent(AlertStatus.resolved, fresh, firing_since=NOW - 5400)
+
+    body = webhook_body(notification(event))
+
+    assert body["status"] == "resolved"
+    assert body["summary"] == "1 pipeline recovered: feature-build"
+    assert body["alerts"][0]["summary"] == (
+        "feature-build recovered after 1h 30m: last success 30s ago, threshold 2h"
+    )
+
+
+def test_slack_message_has_text_fallback_and_escapes_names() -> None:
+    event = AlertEvent(AlertStatus.firing, stale("<b>&co</b>"), firing_since=NOW)
+
+    body = slack_body(notification(event))
+
+    assert body["text"].startswith(":red_circle: 1 pipeline late: &lt;b&gt;&amp;co&lt;/b&gt;")
+    assert "last success 3h 12m ago, threshold 2h" in body["text"]
+    section = body["blocks"][1]["text"]["text"]
+    assert "*&lt;b&gt;&amp;co&lt;/b&gt;*" in section
+    assert "Last success: 2027-01-15T04:48:00Z" in section
+    assert "<b>" not in json.dumps(body)
+
+
+def test_slack_message_stays_within_block_limit() -> None:
+    events = [AlertEvent(AlertStatus.firing, stale(f"p{i}"), NOW) for i in range(120)]
+
+    body = slack_body(notification(*events))
+
+    assert len(body["blocks"]) <= 50
+    assert body["blocks"][-1]["elements"][0]["text"] == "…and 80 more"
+    assert body["text"].startswith(
+        ":red_circle: 120 pipelines late: p0, p1, p2, p3, p4 and 115 more"
+    )

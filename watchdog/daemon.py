@@ -1,0 +1,109 @@
+"""The long-running service: scheduler, HTTP endpoints and signal handling.
+
+APScheduler runs one evaluation job: never two at once (``max_instances=1``),
+and a cycle that overran its interval is followed by one catch-up run, not a
+burst (``coalesce=True``).
+"""
+
+import logging
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from types import FrameType
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from watchdog import __version__
+from watchdog.config import Settings, parse_listen
+from watchdog.server import HttpServer, make_app
+from watchdog.service import Clock, Watchdog
+from watchdog.transport import redact_url
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """Wires a Watchdog to a scheduler and an HTTP server."""
+
+    def __init__(self, settings: Settings, *, clock: Clock = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.watchdog = Watchdog(settings, clock=clock)
+        self.scheduler = BackgroundScheduler(timezone=UTC)
+        self._started_at = clock()
+        self._stopping = threading.Event()
+
+        host, port = parse_listen(settings.listen)
+        app = make_app(self.watchdog.metrics.registry, self.healthz, self.readyz)
+        self.server = HttpServer(host, port, app)
+
+    def healthz(self) -> tuple[bool, str]:
+        """Alive: the scheduler runs and a cycle finished recently."""
+        if not self.scheduler.running:
+            return False, "scheduler is not running"
+
+        last = self.watchdog.last_cycle_at or self._started_at
+        silent_for = self.clock() - last
+        if silent_for > self._stall_limit():
+            return False, f"no evaluation cycle finished for {silent_for:.0f}s"
+        return True, "ok"
+
+    def readyz(self) -> tuple[bool, str]:
+        """Ready: configuration loaded and one evaluation cycle done."""
+        if self.watchdog.cycles == 0:
+            return False, "no evaluation cycle finished yet"
+        return True, "ok"
+
+    def _stall_limit(self) -> float:
+        # A cycle takes at most the query timeout plus delivery; three missed
+        # intervals beyond that mean the scheduler thread is stuck.
+        interval = self.settings.evaluation_interval
+        return 3 * interval + self.settings.prometheus.timeout + 60
+
+    def start(self) -> None:
+        self.server.start()
+        self.scheduler.add_job(
+            self.watchdog.run_cycle,
+            IntervalTrigger(seconds=self.settings.evaluation_interval),
+            id="evaluate",
+            name="evaluate",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=datetime.now(UTC),
+        )
+        self.scheduler.start()
+        log.info(
+            "pipeline-watchdog %s started: prometheus=%s every %gs, %d expected pipelines, "
+            "%d receivers, listening on %s:%d",
+            __version__,
+            redact_url(self.settings.prometheus.url),
+            self.settings.evaluation_interval,
+            len(self.settings.pipelines),
+            len(self.settings.receivers),
+            parse_listen(self.settings.listen)[0],
+            self.server.port,
+        )
+
+    def stop(self) -> None:
+        """Wait for a running cycle to finish, then stop serving."""
+        self.scheduler.shutdown(wait=True)
+        self.server.stop()
+        log.info("pipeline-watchdog stopped")
+
+    def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
+        if signum:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+        self._stopping.set()
+
+    def run_until_stopped(self) -> None:
+        """Run until SIGTERM or SIGINT (main thread only, where signals arrive)."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        self.start()
+        try:
+            self._stopping.wait()
+        finally:
+            self.stop()

@@ -1,0 +1,127 @@
+"""Delivery: getting each notification to its receiver, in order, despite failures.
+
+Notifications wait in a queue per receiver and go out oldest first, so a
+``resolved`` never overtakes the ``firing`` it answers.  A transient failure
+(connection error, timeout, 5xx, 408, 429) is retried with exponential backoff; a
+permanent one (other 4xx) or an exhausted budget drops the notification with an
+ERROR log and a counter.
+
+The queue lives in memory: notifications not yet delivered when the process stops
+are lost, and delivery runs at the end of each evaluation cycle, so a slow receiver
+delays that cycle by up to its timeout per attempt.
+"""
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from watchdog.alerts import AlertEvent, AlertStatus
+from watchdog.exceptions import DeliveryError
+from watchdog.metrics import WatchdogMetrics
+from watchdog.notifications import Notification
+from watchdog.receivers import Receiver
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 8
+FIRST_RETRY_DELAY = 2.0
+MAX_RETRY_DELAY = 300.0
+
+
+@dataclass
+class _Pending:
+    notification: Notification
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+
+
+class Dispatcher:
+    """Queues notifications per receiver and delivers those that are due."""
+
+    def __init__(
+        self,
+        receivers: Sequence[Receiver],
+        metrics: WatchdogMetrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self._receivers = {receiver.name: receiver for receiver in receivers}
+        self._queues: dict[str, deque[_Pending]] = {name: deque() for name in self._receivers}
+        self._metrics = metrics
+        self._clock = clock
+
+    def submit(self, events: Iterable[AlertEvent], now: float) -> None:
+        """Queue one notification per status and receiver for this cycle's events."""
+        events = list(events)
+        for status in (AlertStatus.firing, AlertStatus.resolved):
+            batch = [event for event in events if event.status is status]
+            if not batch:
+                continue
+            for name, queue in self._queues.items():
+                notification = Notification(
+                    receiver=name, status=status, events=batch, created_at=now
+                )
+                queue.append(_Pending(notification, next_attempt_at=now))
+        self._update_pending()
+
+    def deliver_due(self) -> None:
+        """Send every queued notification whose time has come, receiver by receiver."""
+        for name, queue in self._queues.items():
+            receiver = self._receivers[name]
+            while queue and queue[0].next_attempt_at <= self._clock():
+                if not self._attempt(receiver, queue[0]):
+                    break  # keep order: later notifications wait for this one
+                queue.popleft()
+        self._update_pending()
+
+    def pending(self) -> int:
+        return sum(len(queue) for queue in self._queues.values())
+
+    def _attempt(self, receiver: Receiver, pending: _Pending) -> bool:
+        """Try once; True when the notification is done with (sent or dropped)."""
+        notification = pending.notification
+        pending.attempts += 1
+        try:
+            receiver.send(notification)
+        except DeliveryError as exc:
+            return self._failed(receiver.name, pending, exc)
+
+        self._metrics.notifications.labels(receiver.name, "sent").inc()
+        log.info(
+            "notification sent: receiver=%s status=%s alerts=%d id=%s",
+            receiver.name,
+            notification.status,
+            len(notification.events),
+            notification.id,
+        )
+        return True
+
+    def _failed(self, receiver: str, pending: _Pending, exc: DeliveryError) -> bool:
+        notification = pending.notification
+        if exc.permanent or pending.attempts >= MAX_ATTEMPTS:
+            why = "permanent error" if exc.permanent else f"{pending.attempts} attempts"
+            log.error(
+                "notification dropped: receiver=%s status=%s id=%s after %s: %s",
+                receiver,
+                notification.status,
+                notification.id,
+                why,
+                exc.reason,
+            )
+            self._metrics.notifications.labels(receiver, "failed").inc()
+            return True
+
+        delay = min(FIRST_RETRY_DELAY * 2 ** (pending.attempts - 1), MAX_RETRY_DELAY)
+        pending.next_attempt_at = self._clock() + delay
+        log.warning(
+            "notification not delivered: receiver=%s id=%s attempt %d: %s; retry in %.0fs",
+            receiver,
+            notification.id,
+            pending.attempts,
+            exc.reason,
+            delay,
+        )
+        return False
+
+    def _update_pending(self) -> None:
+        self._metrics.pending_notifications.set(self.pending())

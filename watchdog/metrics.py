@@ -1,0 +1,135 @@
+"""The watchdog's own metrics, served on ``/metrics``.
+
+Names follow the project's convention: prefix ``ml_``, component ``watchdog``,
+base units in the name.  Per-pipeline series carry only the ``pipeline`` label and
+come from one snapshot taken after each successful evaluation, so a forgotten
+pipeline's series disappear with it instead of lingering.
+"""
+
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from watchdog import __version__
+from watchdog.freshness import FreshnessState, PipelineStatus
+
+# Evaluations are one HTTP query plus arithmetic: mostly well under a second.
+_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class PipelineCollector(Collector):
+    """Per-pipeline gauges, read from the latest evaluation's statuses."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._statuses: tuple[PipelineStatus, ...] = ()
+
+    def update(self, statuses: Iterable[PipelineStatus]) -> None:
+        snapshot = tuple(statuses)
+        with self._lock:
+            self._statuses = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            statuses = self._statuses
+
+        staleness = GaugeMetricFamily(
+            "ml_watchdog_pipeline_staleness_seconds",
+            "Seconds since the pipeline's last success, as of the last successful evaluation.",
+            labels=["pipeline"],
+        )
+        stale = GaugeMetricFamily(
+            "ml_watchdog_pipeline_stale",
+            "1 if the pipeline is stale or missing, else 0.",
+            labels=["pipeline"],
+        )
+        max_age = GaugeMetricFamily(
+            "ml_watchdog_pipeline_max_age_seconds",
+            "The pipeline's staleness threshold.",
+            labels=["pipeline"],
+        )
+        for status in statuses:
+            if status.age is not None:
+                staleness.add_metric([status.pipeline], status.age)
+            stale.add_metric([status.pipeline], 1.0 if status.is_problem else 0.0)
+            max_age.add_metric([status.pipeline], status.max_age)
+
+        per_state = GaugeMetricFamily(
+            "ml_watchdog_pipelines",
+            "Number of watched pipelines in each freshness state.",
+            labels=["state"],
+        )
+        for state in FreshnessState:
+            count = sum(1 for s in statuses if s.state is state)
+            per_state.add_metric([state.value], count)
+
+        yield from (staleness, stale, max_age, per_state)
+
+
+class WatchdogMetrics:
+    """Every metric the watchdog exports, in a registry of its own."""
+
+    def __init__(self, receivers: Iterable[str] = (), registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.pipelines = PipelineCollector()
+        self.registry.register(self.pipelines)
+
+        self.evaluations = Counter(
+            "ml_watchdog_evaluations",
+            "Evaluation cycles, by result (success or error).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.query_errors = Counter(
+            "ml_watchdog_query_errors",
+            "Failed Prometheus queries, by kind (unavailable, query_error, invalid_response).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.evaluation_duration = Histogram(
+            "ml_watchdog_evaluation_duration_seconds",
+            "Time one evaluation cycle took, query included.",
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.prometheus_up = Gauge(
+            "ml_watchdog_prometheus_up",
+            "1 if the last query to Prometheus succeeded, else 0.",
+            registry=self.registry,
+        )
+        self.last_evaluation = Gauge(
+            "ml_watchdog_last_evaluation_timestamp_seconds",
+            "Unix time of the last successful evaluation.",
+            registry=self.registry,
+        )
+        self.notifications = Counter(
+            "ml_watchdog_notifications",
+            "Notifications by receiver and result (sent, or failed after all retries).",
+            ["receiver", "result"],
+            registry=self.registry,
+        )
+        self.pending_notifications = Gauge(
+            "ml_watchdog_notifications_pending",
+            "Notifications waiting for delivery or for a retry.",
+            registry=self.registry,
+        )
+        Info("ml_watchdog_build", "Version of pipeline-watchdog.", registry=self.registry).info(
+            {"version": __version__}
+        )
+        self._initialise(receivers)
+
+    def _initialise(self, receivers: Iterable[str]) -> None:
+        # Series that exist from the start make rate() and absent-based alerts work.
+        for result in ("success", "error"):
+            self.evaluations.labels(result)
+        for kind in ("unavailable", "query_error", "invalid_response"):
+            self.query_errors.labels(kind)
+        for receiver in receivers:
+            for result in ("sent", "failed"):
+                self.notifications.labels(receiver, result)
+
+    def observe_statuses(self, statuses: Mapping[str, PipelineStatus]) -> None:
+        self.pipelines.update(statuses.values())

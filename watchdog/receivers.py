@@ -1,0 +1,72 @@
+"""Receivers: the HTTP endpoints notifications are delivered to.
+
+Each receiver turns a notification into its own body and POSTs it.  Transport
+errors are translated here into :class:`~watchdog.exceptions.DeliveryError` whose
+text never contains the URL: a webhook URL (Slack's above all) is a credential.
+"""
+
+import json
+from typing import Any, Protocol
+
+import requests
+
+from watchdog.config import ReceiverConfig, SlackReceiverConfig
+from watchdog.exceptions import DeliveryError
+from watchdog.notifications import Notification, slack_body, webhook_body
+from watchdog.transport import transport_reason
+
+
+class Receiver(Protocol):
+    name: str
+
+    def send(self, notification: Notification) -> None:
+        """Deliver ``notification``; raise DeliveryError if the receiver did not take it."""
+
+
+class WebhookReceiver:
+    """POSTs the generic JSON body to a URL."""
+
+    def __init__(self, config: ReceiverConfig, session: requests.Session) -> None:
+        self.name = config.name
+        self._url = config.resolve_url()
+        self._timeout = config.timeout
+        self._session = session
+
+    def body(self, notification: Notification) -> dict[str, Any]:
+        return webhook_body(notification)
+
+    def send(self, notification: Notification) -> None:
+        payload = json.dumps(self.body(notification)).encode()
+        headers = {"Content-Type": "application/json"}
+        try:
+            response = self._session.post(
+                self._url, data=payload, headers=headers, timeout=self._timeout
+            )
+        except requests.Timeout:
+            raise DeliveryError(f"no answer within {self._timeout:g}s", permanent=False) from None
+        except requests.RequestException as exc:
+            raise DeliveryError(transport_reason(exc), permanent=False) from None
+
+        if not 200 <= response.status_code < 300:
+            raise _rejected(response)
+
+
+class SlackReceiver(WebhookReceiver):
+    """POSTs a Slack incoming-webhook message."""
+
+    def body(self, notification: Notification) -> dict[str, Any]:
+        return slack_body(notification)
+
+
+def build_receiver(config: ReceiverConfig, session: requests.Session) -> WebhookReceiver:
+    if isinstance(config, SlackReceiverConfig):
+        return SlackReceiver(config, session)
+    return WebhookReceiver(config, session)
+
+
+def _rejected(response: requests.Response) -> DeliveryError:
+    """Explain a non-2xx answer; 4xx other than 408 and 429 will fail the same way again."""
+    code = response.status_code
+    text = " ".join(response.text.split())[:200]
+    permanent = 400 <= code < 500 and code not in (408, 429)
+    return DeliveryError(f"HTTP {code}: {text}" if text else f"HTTP {code}", permanent=permanent)

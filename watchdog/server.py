@@ -1,0 +1,82 @@
+"""The watchdog's HTTP endpoints: ``/metrics``, ``/healthz`` and ``/readyz``.
+
+A small threaded WSGI server from the standard library; prometheus_client's WSGI
+app serves the metrics (content negotiation and gzip included).
+"""
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+log = logging.getLogger(__name__)
+
+# A probe answers (healthy, reason); the reason is shown in the response body.
+Probe = Callable[[], tuple[bool, str]]
+StartResponse = Callable[..., Any]
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        # Probes and scrapes arrive every few seconds; logging each is noise.
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+def make_app(registry: CollectorRegistry, healthz: Probe, readyz: Probe) -> Any:
+    metrics_app = make_wsgi_app(registry)
+    probes = {"/healthz": healthz, "/readyz": readyz}
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        if path in probes:
+            ok, reason = probes[path]()
+            return _text(start_response, "200 OK" if ok else "503 Service Unavailable", reason)
+        return _text(start_response, "404 Not Found", "not found")
+
+    return app
+
+
+def _text(start_response: StartResponse, status: str, body: str) -> list[bytes]:
+    data = (body + "\n").encode()
+    start_response(
+        status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))]
+    )
+    return [data]
+
+
+class HttpServer:
+    """Serves the app on a background thread until ``stop``."""
+
+    def __init__(self, host: str, port: int, app: Any) -> None:
+        server_class = _Server6 if ":" in host else _Server
+        # Binding here, not in start(), makes a taken port a start-up error.
+        self._server = make_server(host, port, app, server_class, _QuietHandler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="http", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
