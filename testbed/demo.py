@@ -32,6 +32,7 @@ from testbed.servers import (
     PrometheusServer,
     ServerStartError,
     WatchdogProcess,
+    free_port,
     wait_until,
 )
 
@@ -53,10 +54,11 @@ class DemoFailed(Exception):
 
 
 def watchdog_config(prometheus_url: str, receiver: RecordingReceiver) -> dict[str, Any]:
-    """The daemon's configuration for the demo; ``listen`` is left to WatchdogProcess."""
+    """The daemon's configuration for the demo."""
     return {
         "prometheus": {"url": prometheus_url, "timeout": "5s"},
         "evaluation_interval": "2s",
+        "listen": f"127.0.0.1:{free_port()}",
         "pipeline_label": "pipeline",
         "defaults": {"max_age": "15s"},
         "pipelines": [{"name": "feature-build"}, {"name": STALE_PIPELINE}],

@@ -353,7 +353,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m testbed.exporter",
         description="An example exporter of ML-pipeline metrics, with a control API.",
     )
-    parser.add_argument("--listen", default="127.0.0.1:0", help="loopback HOST:PORT")
+    parser.add_argument(
+        "--listen", default="127.0.0.1:0", help="127.0.0.1:PORT (port 0: any free one)"
+    )
     parser.add_argument(
         "--pipeline",
         action="append",

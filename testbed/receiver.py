@@ -312,7 +312,8 @@ def format_notification(request: ReceivedRequest) -> str:
         lines += [f"    - {_alert_summary(alert)}" for alert in payload["alerts"]]
         return "\n".join(lines)
     if isinstance(payload, dict) and isinstance(payload.get("text"), str):
-        return f"{header} text: {payload['text']}"
+        text = payload["text"].replace("\n", "\n    ")
+        return f"{header} text: {text}"
     return f"{header} body: {request.body.decode('utf-8', errors='replace')}"
 
 
@@ -340,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m testbed.receiver", description="Print notifications as they arrive."
     )
-    parser.add_argument("--listen", default="127.0.0.1:0", help="loopback HOST:PORT")
+    parser.add_argument(
+        "--listen", default="127.0.0.1:0", help="127.0.0.1:PORT (port 0: any free one)"
+    )
     args = parser.parse_args(argv)
     try:
         _, port = parse_listen_address(args.listen)

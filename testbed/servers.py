@@ -88,9 +88,9 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     """
     host, sep, port_text = value.rpartition(":")
     if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"listen address {value!r} is not HOST:PORT")
+        raise ValueError(f"address {value!r} is not HOST:PORT")
     if host != "127.0.0.1":
-        raise ValueError(f"listen address {value!r}: the host must be 127.0.0.1")
+        raise ValueError(f"address {value!r}: the host must be 127.0.0.1")
     return host, int(port_text)
 
 
@@ -186,7 +186,12 @@ class ManagedProcess:
         started = time.monotonic()
         self._spawn(command)
 
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            # Also on Ctrl-C: a half-started server must not outlive us.
+            self.stop()
+            raise
         logger.info(
             "%s started (pid %s) in %.2fs", self.name, self.pid, time.monotonic() - started
         )
@@ -195,16 +200,16 @@ class ManagedProcess:
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """Send SIGTERM, wait up to ``timeout`` s, then SIGKILL; return the exit code."""
         process = self._process
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                logger.warning("%s ignored SIGTERM for %.0fs; killing it", self.name, timeout)
-                process.kill()
-                process.wait()
+        if process is None or process.poll() is not None:
+            return self.returncode
+
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s ignored SIGTERM for %.0fs; killing it", self.name, timeout)
+            process.kill()
+            process.wait()
 
         logger.info("%s stopped with exit code %s", self.name, process.returncode)
         return process.returncode
@@ -245,7 +250,6 @@ class ManagedProcess:
                 what=f"{self.name} to get ready",
             )
         except TimeoutError as exc:
-            self.stop()
             raise ServerStartError(
                 f"{exc}; last lines of {self.log_path}:\n{self.log_tail()}"
             ) from exc
@@ -297,11 +301,14 @@ class HTTPServerProcess(ManagedProcess):
 class PromQLServer(HTTPServerProcess):
     """A server that answers Prometheus's instant-query API."""
 
-    def query(self, expr: str, time: float | None = None) -> list[dict[str, Any]]:
-        """Run an instant query and return ``data.result``; raise RuntimeError on an error."""
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """Run an instant query (at unix time ``at``, default now) and return ``data.result``.
+
+        An answer with ``status`` other than ``success`` raises RuntimeError.
+        """
         params: dict[str, str | float] = {"query": expr}
-        if time is not None:
-            params["time"] = time
+        if at is not None:
+            params["time"] = at
         response = self.http.get(f"{self.url}/api/v1/query", params=params, timeout=HTTP_TIMEOUT)
 
         body = response.json()
@@ -311,6 +318,17 @@ class PromQLServer(HTTPServerProcess):
                 f"{body.get('errorType')}: {body.get('error')}"
             )
         return list(body["data"]["result"])
+
+    def wait_for_query(self, expr: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Wait until an instant query returns something; return that result."""
+        result: list[dict[str, Any]] = []
+
+        def answered() -> bool:
+            result[:] = self.query(expr)
+            return bool(result)
+
+        wait_until(answered, timeout, interval=0.05, what=f"a result for {expr!r}")
+        return result
 
 
 @dataclass(frozen=True)
@@ -505,7 +523,12 @@ class VictoriaMetricsServer(PromQLServer):
         ]
 
     def import_prometheus(self, exposition: str, timestamp: float | None = None) -> None:
-        """Import text-format samples and make them queryable at once."""
+        """Import text-format samples (at ``timestamp``, default now) and flush them.
+
+        After the flush a new value of a known series answers queries at once,
+        but a series new to VictoriaMetrics 1.79 only about 1 s later: wait with
+        :meth:`wait_for_query`.
+        """
         params = {"timestamp": int(timestamp * 1000)} if timestamp is not None else {}
         response = self.http.post(
             f"{self.url}/api/v1/import/prometheus",

@@ -72,8 +72,12 @@ def _configure_logging(settings: Settings) -> None:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from prometheus_client import disable_created_metrics
+
     from watchdog.daemon import Daemon  # the scheduler is only needed here
 
+    # The *_created series double every counter's output and tell nothing here.
+    disable_created_metrics()
     _configure_logging(settings)
     try:
         daemon = Daemon(settings)
