@@ -41,7 +41,7 @@ def test_stale_to_missing_keeps_the_same_alert() -> None:
     events = tracker.update([status(FreshnessState.missing, NOW + 30)])
 
     assert events == []
-    assert tracker.firing() == {"train": NOW}
+    assert tracker.firing() == {("train", "last_success"): NOW}
 
 
 def test_unknown_neither_fires_nor_resolves() -> None:
@@ -55,7 +55,7 @@ def test_unknown_neither_fires_nor_resolves() -> None:
 
     assert events == []
     assert back == []
-    assert set(tracker.firing()) == {"late"}
+    assert set(tracker.firing()) == {("late", "last_success")}
 
 
 def test_new_episode_after_recovery_fires_again() -> None:
@@ -93,3 +93,73 @@ def test_firing_events_come_before_resolved_ones() -> None:
         (AlertStatus.firing, "b"),
         (AlertStatus.resolved, "a"),
     ]
+
+
+def test_downstream_alert_is_held_while_its_upstream_is_late_then_released() -> None:
+    tracker = AlertTracker({"train": ("features",)})
+
+    outage = tracker.update(
+        [status(FreshnessState.stale, name="features"), status(FreshnessState.stale)]
+    )
+    still = tracker.update(
+        [
+            status(FreshnessState.stale, NOW + 30, "features"),
+            status(FreshnessState.stale, NOW + 30),
+        ]
+    )
+    upstream_back = tracker.update(
+        [
+            status(FreshnessState.fresh, NOW + 60, "features"),
+            status(FreshnessState.stale, NOW + 60),
+        ]
+    )
+
+    assert [(e.status, e.pipeline.pipeline, e.holding) for e in outage] == [
+        (AlertStatus.firing, "features", ("train",))
+    ]
+    assert still == []
+    assert [(e.status, e.pipeline.pipeline, e.held_by) for e in upstream_back] == [
+        (AlertStatus.firing, "train", "features"),
+        (AlertStatus.resolved, "features", ""),
+    ]
+
+
+def test_held_alert_that_recovers_with_its_upstream_never_pages() -> None:
+    tracker = AlertTracker({"train": ("features",)})
+    tracker.update([status(FreshnessState.stale, name="features"), status(FreshnessState.stale)])
+
+    events = tracker.update(
+        [
+            status(FreshnessState.fresh, NOW + 60, "features"),
+            status(FreshnessState.fresh, NOW + 60),
+        ]
+    )
+
+    assert [(e.status, e.pipeline.pipeline) for e in events] == [
+        (AlertStatus.resolved, "features")
+    ]
+    assert tracker.held() == {}
+
+
+def test_alert_already_firing_keeps_firing_when_upstream_goes_late() -> None:
+    tracker = AlertTracker({"train": ("features",)})
+    tracker.update([status(FreshnessState.stale)])
+
+    events = tracker.update(
+        [
+            status(FreshnessState.stale, NOW + 30, "features"),
+            status(FreshnessState.stale, NOW + 30),
+        ]
+    )
+
+    assert [(e.pipeline.pipeline, e.holding) for e in events] == [("features", ())]
+    assert ("train", "last_success") in tracker.firing()
+
+
+def test_checks_of_one_pipeline_are_separate_alerts() -> None:
+    tracker = AlertTracker()
+    lag = replace(status(FreshnessState.stale), check="lag")
+
+    events = tracker.update([status(FreshnessState.stale), lag])
+
+    assert sorted(e.pipeline.key for e in events) == [("train", "lag"), ("train", "last_success")]

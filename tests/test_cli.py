@@ -77,7 +77,15 @@ def test_check_exits_0_when_all_fresh_and_1_when_one_is_late(
 
     assert fresh.returncode == 0, fresh.stderr
     header, *rows = fresh.stdout.splitlines()
-    assert header.split() == ["PIPELINE", "STATE", "AGE", "MAX", "AGE", "LAST", "SUCCESS"]
+    assert header.split() == [
+        "PIPELINE",
+        "STATE",
+        "AGE",
+        "THRESHOLD",
+        "NEXT",
+        "DEADLINE",
+        "OVERDUE",
+    ]
     assert any(row.split()[:2] == ["cli-old", "fresh"] for row in rows)
     assert late.returncode == 1, late.stderr
     report = json.loads(late.stdout)

@@ -12,6 +12,8 @@ def stale(name: str = "feature-build", age: float = 11520) -> PipelineStatus:
         pipeline=name,
         state=FreshnessState.stale,
         max_age=7200,
+        threshold="2h",
+        deadline=NOW - age + 7200,
         evaluated_at=NOW,
         last_success=NOW - age,
         last_seen=NOW,
@@ -31,17 +33,44 @@ def test_stale_summary_says_how_late_and_the_threshold() -> None:
 
 
 def test_missing_summaries_say_why() -> None:
-    never = PipelineStatus("ghost", FreshnessState.missing, 3600, NOW)
+    never = PipelineStatus("ghost", FreshnessState.missing, NOW)
     vanished = PipelineStatus(
-        "gone", FreshnessState.missing, 3600, NOW, last_success=NOW - 4000, last_seen=NOW - 600
+        "gone", FreshnessState.missing, NOW, last_success=NOW - 4000, last_seen=NOW - 600
     )
-    not_a_time = PipelineStatus("zero", FreshnessState.missing, 3600, NOW, value=0.0)
+    zero = PipelineStatus(
+        "zero", FreshnessState.never_succeeded, NOW, reason="no success recorded (value 0)"
+    )
 
     assert describe(never) == "ghost is missing: Prometheus has no last-success series for it"
     assert describe(vanished) == (
         "gone is missing: its last-success series vanished 10m ago; last success 1h 6m ago"
     )
-    assert describe(not_a_time) == "zero is missing: its last-success value 0 is not a timestamp"
+    assert describe(zero) == "zero has never succeeded: no success recorded (value 0)"
+
+
+def test_scheduled_pipeline_says_when_its_deadline_was_in_its_own_zone() -> None:
+    late = PipelineStatus(
+        "nightly",
+        FreshnessState.stale,
+        NOW,
+        threshold="schedule '0 2 * * *' Europe/Berlin + 2h grace",
+        deadline=NOW - 1800,
+        last_success=NOW - 26 * 3600,
+        timezone="Europe/Berlin",
+    )
+
+    assert describe(late) == (
+        "nightly is stale: last success 1d 2h ago, threshold schedule '0 2 * * *' "
+        "Europe/Berlin + 2h grace (30m late, deadline was 2027-01-15 08:30 CET)"
+    )
+
+
+def test_lag_check_summary_names_the_check() -> None:
+    lagging = PipelineStatus(
+        "features", FreshnessState.stale, NOW, check="lag", max_age=3600, threshold="1h", lag=4800
+    )
+
+    assert describe(lagging) == "features (lag) is stale: lag 1h 20m, threshold 1h (20m over)"
 
 
 def test_webhook_body_carries_the_documented_fields() -> None:
@@ -59,13 +88,22 @@ def test_webhook_body_carries_the_documented_fields() -> None:
         "alerts": [
             {
                 "pipeline": "feature-build",
+                "check": "last_success",
                 "status": "firing",
                 "state": "stale",
                 "age_seconds": 11520,
                 "max_age_seconds": 7200,
+                "threshold": "2h",
                 "last_success": "2027-01-15T04:48:00Z",
+                "next_deadline": "2027-01-15T06:48:00Z",
+                "overdue_seconds": 4320,
+                "lag_seconds": None,
                 "evaluated_at": "2027-01-15T08:00:00Z",
                 "firing_since": "2027-01-15T08:00:00Z",
+                "reason": "",
+                "labels": {},
+                "holding": [],
+                "held_by": None,
                 "summary": (
                     "feature-build is stale: last success 3h 12m ago, threshold 2h (1h 12m late)"
                 ),
@@ -77,7 +115,7 @@ def test_webhook_body_carries_the_documented_fields() -> None:
 
 def test_resolved_summary_says_how_long_it_fired() -> None:
     fresh = PipelineStatus(
-        "feature-build", FreshnessState.fresh, 7200, NOW, last_success=NOW - 30, last_seen=NOW
+        "feature-build", FreshnessState.fresh, NOW, threshold="2h", last_success=NOW - 30
     )
     event = AlertEvent(AlertStatus.resolved, fresh, firing_since=NOW - 5400)
 

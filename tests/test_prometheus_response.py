@@ -4,9 +4,11 @@ import math
 
 import pytest
 
+from watchdog.config import Settings
 from watchdog.exceptions import InvalidResponse, QueryFailed
-from watchdog.freshness import last_success_query, observations
-from watchdog.prometheus import parse_query_response
+from watchdog.freshness import observations
+from watchdog.prometheus import QueryResult, parse_query_response
+from watchdog.queries import last_success_query
 
 VECTOR = (
     b'{"status":"success","data":{"resultType":"vector","result":['
@@ -28,11 +30,15 @@ MATRIX = (
 )
 
 
+def values_of(result: QueryResult) -> dict[str, float]:
+    return {name: o.value for name, o in observations(result, "pipeline", []).items()}
+
+
 def test_vector_gives_samples_and_the_servers_evaluation_time() -> None:
     result = parse_query_response(200, VECTOR)
 
     assert result.evaluated_at == 1796402155.253
-    assert observations(result, "pipeline") == {
+    assert values_of(result) == {
         "fresh-one": 1796402153.8059769,
         "old-one": 1796398094.787386,
     }
@@ -42,7 +48,7 @@ def test_the_time_sample_alone_still_dates_the_evaluation() -> None:
     result = parse_query_response(200, ONLY_TIME)
 
     assert result.evaluated_at == 1796402155.263
-    assert observations(result, "pipeline") == {}
+    assert values_of(result) == {}
 
 
 def test_special_float_strings_are_parsed() -> None:
@@ -52,7 +58,7 @@ def test_special_float_strings_are_parsed() -> None:
         b'{"metric":{"pipeline":"b"},"value":[10,"+Inf"]}]}}'
     )
 
-    values = observations(parse_query_response(200, body), "pipeline")
+    values = values_of(parse_query_response(200, body))
 
     assert math.isnan(values["a"])
     assert values["b"] == math.inf
@@ -94,6 +100,6 @@ def test_other_answers_are_invalid_responses(status: int, body: bytes, message: 
 
 
 def test_query_aggregates_by_the_configured_label() -> None:
-    query = last_success_query("ml_pipeline_last_success_timestamp", "job_name")
+    query = last_success_query(Settings(pipeline_label="job_name"))
 
     assert query == "max by (job_name) (ml_pipeline_last_success_timestamp) or vector(time())"

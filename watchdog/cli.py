@@ -10,13 +10,14 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 
 from watchdog import __version__
 from watchdog.config import Settings, load_settings
-from watchdog.durations import format_duration
+from watchdog.durations import format_duration, iso_time
 from watchdog.exceptions import ConfigError, SourceError
 from watchdog.freshness import PipelineStatus
-from watchdog.notifications import describe, iso_time
+from watchdog.notifications import describe, subject
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,18 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the daemon until SIGTERM or SIGINT")
     check = commands.add_parser("check", help="evaluate once and print every pipeline's state")
     check.add_argument("--format", choices=("table", "json"), default="table")
+    check.add_argument(
+        "--at",
+        metavar="TIME",
+        help="evaluate as of a past instant: RFC 3339 (2026-12-04T03:00:00Z) or unix seconds",
+    )
+    check.add_argument(
+        "--pipeline",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this pipeline (repeatable)",
+    )
     validate = commands.add_parser("validate", help="check a configuration file")
 
     for command in (run, check, validate):
@@ -94,12 +107,20 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
 
     _configure_logging(settings)
     try:
-        evaluation = Watchdog(settings).evaluate()
+        at = None if args.at is None else parse_instant(args.at)
+    except ValueError as exc:
+        _error(f"--at: {exc}")
+        return EXIT_ERROR
+
+    try:
+        evaluation = Watchdog(settings).evaluate(at=at, pipelines=args.pipeline)
     except SourceError as exc:
         _error(f"cannot evaluate: Prometheus query failed: {exc}")
         return EXIT_ERROR
 
-    statuses = list(evaluation.statuses.values())
+    statuses = list(evaluation)
+    if args.pipeline:
+        statuses = [s for s in statuses if s.pipeline in args.pipeline]
     if args.format == "json":
         print(json.dumps(_as_json(statuses), indent=2))  # noqa: T201
     else:
@@ -107,6 +128,25 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     if not statuses:
         _error("no pipelines found: no series of " + settings.metric)
     return EXIT_LATE if any(s.is_problem for s in statuses) else EXIT_OK
+
+
+def parse_instant(text: str) -> float:
+    """Unix seconds from ``1796400000`` or RFC 3339 (``2026-12-04T03:00:00Z``, with offset)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise ValueError(
+            f"invalid time {text!r}: expected RFC 3339 with a zone "
+            "(2026-12-04T03:00:00Z, 2026-12-04T04:00:00+01:00) or unix seconds"
+        )
+    return moment.timestamp()
 
 
 def _validate(settings: Settings, args: argparse.Namespace) -> int:
@@ -124,10 +164,17 @@ def _as_json(statuses: list[PipelineStatus]) -> dict[str, object]:
         "pipelines": [
             {
                 "pipeline": s.pipeline,
+                "check": s.check,
                 "state": str(s.state),
-                "age_seconds": None if s.age is None else round(s.age, 3),
+                "age_seconds": _rounded(s.age),
                 "max_age_seconds": s.max_age,
+                "threshold": s.threshold,
                 "last_success": iso_time(s.last_success),
+                "next_deadline": iso_time(s.deadline),
+                "overdue_seconds": _rounded(s.overdue),
+                "lag_seconds": _rounded(s.lag),
+                "reason": s.reason,
+                "labels": s.labels,
                 "summary": describe(s),
             }
             for s in statuses
@@ -135,17 +182,22 @@ def _as_json(statuses: list[PipelineStatus]) -> dict[str, object]:
     }
 
 
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
+
+
 def _as_table(statuses: list[PipelineStatus]) -> str:
-    rows = [("PIPELINE", "STATE", "AGE", "MAX AGE", "LAST SUCCESS")]
+    rows = [("PIPELINE", "STATE", "AGE", "THRESHOLD", "NEXT DEADLINE", "OVERDUE")]
     for s in statuses:
-        age = "-" if s.age is None else format_duration(s.age)
+        measured = s.lag if s.lag is not None else s.age
         rows.append(
             (
-                s.pipeline,
+                subject(s),
                 str(s.state),
-                age,
-                format_duration(s.max_age),
-                iso_time(s.last_success) or "-",
+                _duration(measured),
+                s.threshold or "-",
+                iso_time(s.deadline) or "-",
+                _duration(s.overdue) if s.overdue else "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -153,3 +205,7 @@ def _as_table(statuses: list[PipelineStatus]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
+
+
+def _duration(seconds: float | None) -> str:
+    return "-" if seconds is None else format_duration(seconds)

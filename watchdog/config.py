@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from watchdog.durations import parse_duration
 from watchdog.exceptions import ConfigError
+from watchdog.schedule import check_expression, zone
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -60,19 +61,133 @@ class PrometheusConfig(_Section):
         return url.rstrip("/")
 
 
+TimestampUnit = Literal["seconds", "milliseconds", "microseconds", "nanoseconds"]
+
+
 class PipelineDefaults(_Section):
-    """Settings every discovered pipeline gets unless a ``pipelines`` entry overrides them."""
+    """Settings every pipeline gets unless a ``pipelines`` entry overrides them."""
 
     max_age: PositiveDuration = 7200.0
     forget_after: PositiveDuration = 86400.0
+    timezone: str = "UTC"
+    grace: Duration = 3600.0
+    timestamp_unit: TimestampUnit = "seconds"
+    future_tolerance: Duration = 300.0
+    labels: dict[str, str] = {}
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        zone(name)
+        return name
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, labels: dict[str, str]) -> dict[str, str]:
+        return _check_label_names(labels)
 
 
 class PipelineConfig(_Section):
-    """One expected pipeline; unset fields fall back to ``defaults``."""
+    """Settings for the pipeline called ``name``, or for every pipeline matching ``match``.
 
-    name: Annotated[str, Field(min_length=1)]
+    An entry with ``name`` also declares that pipeline expected: it is ``missing``
+    when Prometheus has no series for it.  Unset fields fall back to a matching
+    ``match`` entry, then to ``defaults``.
+    """
+
+    name: Annotated[str, Field(min_length=1)] | None = None
+    match: str | None = None
     max_age: PositiveDuration | None = None
+    schedule: str | None = None
+    timezone: str | None = None
+    grace: Duration | None = None
     forget_after: PositiveDuration | None = None
+    timestamp_unit: TimestampUnit | None = None
+    labels: dict[str, str] = {}
+    depends_on: list[str] = []
+
+    @field_validator("match")
+    @classmethod
+    def _regex(cls, pattern: str) -> str:
+        return _check_regex(pattern)
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, expression: str) -> str:
+        check_expression(expression)
+        return expression
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        zone(name)
+        return name
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, labels: dict[str, str]) -> dict[str, str]:
+        return _check_label_names(labels)
+
+    @model_validator(mode="after")
+    def _name_or_match(self) -> "PipelineConfig":
+        if (self.name is None) == (self.match is None):
+            raise ValueError("set exactly one of name and match")
+        if self.match is not None and self.depends_on:
+            raise ValueError("depends_on needs a pipeline name, not a match pattern")
+        return self
+
+
+class DiscoveryConfig(_Section):
+    """Which pipelines found in Prometheus are watched (regexes match the whole name)."""
+
+    include: list[str] = []
+    exclude: list[str] = []
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _regexes(cls, patterns: list[str]) -> list[str]:
+        return [_check_regex(pattern) for pattern in patterns]
+
+
+class CheckConfig(_Section):
+    """A freshness check defined by PromQL, evaluated every cycle for every pipeline.
+
+    - ``timestamp``: ``expr`` gives a unix timestamp per pipeline; late when older
+      than ``threshold``.
+    - ``age``: ``expr`` gives an age in seconds; late when above ``threshold``.
+    - ``lag``: ``expr - baseline`` (two timestamps) is late when above ``threshold``.
+    """
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$")]
+    type: Literal["timestamp", "age", "lag"]
+    expr: Annotated[str, Field(min_length=1)]
+    baseline: str | None = None
+    threshold: PositiveDuration
+
+    @model_validator(mode="after")
+    def _baseline_for_lag(self) -> "CheckConfig":
+        if self.type == "lag" and not self.baseline:
+            raise ValueError("a lag check needs baseline (the timestamp expr is compared to)")
+        if self.type != "lag" and self.baseline is not None:
+            raise ValueError("baseline only applies to lag checks")
+        if self.name == "last_success":
+            raise ValueError("the name last_success is taken by the built-in check")
+        return self
+
+
+def _check_regex(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+    return pattern
+
+
+def _check_label_names(labels: dict[str, str]) -> dict[str, str]:
+    for name in labels:
+        if not _LABEL_NAME.match(name):
+            raise ValueError(f"invalid label name {name!r}")
+    return labels
 
 
 class _ReceiverConfig(_Section):
@@ -140,8 +255,13 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     metric: str = "ml_pipeline_last_success_timestamp"
     pipeline_label: str = "pipeline"
+    carry_labels: list[str] = []
+    pushgateway_signals: bool = False
+    source_failure_alert_after: Annotated[int, Field(ge=0)] = 5
     defaults: PipelineDefaults = PipelineDefaults()
+    discovery: DiscoveryConfig = DiscoveryConfig()
     pipelines: list[PipelineConfig] = []
+    checks: list[CheckConfig] = []
     receivers: list[ReceiverConfig] = []
 
     @classmethod
@@ -176,19 +296,54 @@ class Settings(BaseSettings):
             raise ValueError(f"invalid metric name {metric!r}")
         return metric
 
-    @field_validator("pipelines", "receivers")
+    @field_validator("carry_labels")
+    @classmethod
+    def _carried_label_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not _LABEL_NAME.match(name):
+                raise ValueError(f"invalid label name {name!r}")
+        return names
+
+    @field_validator("pipelines")
+    @classmethod
+    def _unique_pipelines(cls, pipelines: list[PipelineConfig]) -> list[PipelineConfig]:
+        _unique([p.name for p in pipelines if p.name is not None])
+        _no_dependency_cycle(pipelines)
+        return pipelines
+
+    @field_validator("receivers", "checks")
     @classmethod
     def _unique_names(cls, items: list[Any]) -> list[Any]:
-        seen: set[str] = set()
-        for item in items:
-            if item.name in seen:
-                raise ValueError(f"duplicate name {item.name!r}")
-            seen.add(item.name)
+        _unique([item.name for item in items])
         return items
 
-    def pipeline(self, name: str) -> PipelineConfig | None:
-        """The ``pipelines`` entry for ``name``, if there is one."""
-        return next((p for p in self.pipelines if p.name == name), None)
+
+def _unique(names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"duplicate name {name!r}")
+        seen.add(name)
+
+
+def _no_dependency_cycle(pipelines: list[PipelineConfig]) -> None:
+    """Reject ``depends_on`` loops: pipelines holding each other back would never page."""
+    upstreams = {p.name: p.depends_on for p in pipelines if p.name is not None}
+    for start in upstreams:
+        path = [start]
+        stack = [(start, iter(upstreams[start]))]
+        while stack:
+            _, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                path.pop()
+            elif child in path:
+                loop = " -> ".join([*path[path.index(child) :], child])
+                raise ValueError(f"depends_on forms a cycle: {loop}")
+            elif child in upstreams:
+                path.append(child)
+                stack.append((child, iter(upstreams[child])))
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

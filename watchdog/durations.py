@@ -1,4 +1,4 @@
-"""Durations as people write them in configs, and as people read them in alerts.
+"""Durations and times as people write them in configs, and read them in alerts.
 
 Configs take Prometheus-style durations (``500ms``, ``30s``, ``5m``, ``1h30m``,
 ``1d``) or a plain number of seconds.  Alerts print the two largest units
@@ -7,6 +7,7 @@ Configs take Prometheus-style durations (``500ms``, ``30s``, ``5m``, ``1h30m``,
 
 import math
 import re
+from datetime import UTC, datetime
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
@@ -67,3 +68,11 @@ def format_duration(seconds: float) -> str:
     first = next(i for i, (amount, _) in enumerate(amounts) if amount)
     shown = [f"{amount}{unit}" for amount, unit in amounts[first : first + 2] if amount]
     return " ".join(shown)
+
+
+def iso_time(timestamp: float | None) -> str | None:
+    """ISO 8601 in UTC with a ``Z``, or None."""
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, tz=UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,56 +1,99 @@
-"""Freshness: from the last-success timestamps Prometheus holds to a state per pipeline.
+"""Freshness: from the values Prometheus holds to a state per pipeline and check.
 
-A pipeline is
+The built-in check, ``last_success``, reads each pipeline's last-success timestamp.
+With ``now`` the evaluation time Prometheus reports (never the local clock), a
+pipeline is
 
-- ``fresh`` while ``now - last_success <= max_age``;
-- ``stale`` once ``now - last_success > max_age`` (strictly greater, as dbt does);
-- ``missing`` when it is expected (listed under ``pipelines``) but Prometheus has no
-  series for it, when a pipeline seen before has vanished, or when its value is not
-  a usable timestamp (zero, negative, NaN);
+- ``fresh`` while ``now <= deadline``;
+- ``stale`` once ``now > deadline`` (strictly after, so exactly at the deadline it
+  is still fresh);
+- ``missing`` when it is expected (listed by name) but Prometheus has no series for
+  it, or when a pipeline seen before has vanished (its last success is kept, so its
+  age keeps growing);
+- ``never_succeeded`` when its value is 0, negative or NaN: it has not run yet;
+- ``invalid`` when its value cannot be a time of success: in the future beyond
+  ``future_tolerance`` (often milliseconds sent as seconds), or newer than a failed
+  push to the Pushgateway;
 - ``unknown`` when the query failed, so nothing can be said.
 
-``now`` is always the evaluation time Prometheus reports, never the local clock,
-so a skewed clock on the watchdog's host cannot make pipelines late.
+The deadline is ``last_success + max_age``, or with a schedule the first scheduled
+run after the last success plus ``grace``, whichever comes first (see
+:mod:`watchdog.rules`).  Custom checks (``timestamp``, ``age``, ``lag``) follow the
+same states with their own threshold.
 """
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from watchdog.config import Settings
+from watchdog.config import CheckConfig
+from watchdog.durations import format_duration, iso_time
 from watchdog.prometheus import QueryResult
+from watchdog.rules import PipelineRules, RuleBook
 
 
 class FreshnessState(StrEnum):
     fresh = "fresh"
     stale = "stale"
     missing = "missing"
+    never_succeeded = "never_succeeded"
+    invalid = "invalid"
     unknown = "unknown"
 
 
 # States in which a pipeline needs someone's attention.
-PROBLEM_STATES = frozenset({FreshnessState.stale, FreshnessState.missing})
+PROBLEM_STATES = frozenset(
+    {
+        FreshnessState.stale,
+        FreshnessState.missing,
+        FreshnessState.never_succeeded,
+        FreshnessState.invalid,
+    }
+)
+
+LAST_SUCCESS = "last_success"
+
+# Key of one status: (pipeline, check).
+StatusKey = tuple[str, str]
 
 
 @dataclass(frozen=True)
 class PipelineStatus:
-    """What one evaluation found out about one pipeline."""
+    """What one evaluation found out about one check of one pipeline."""
 
     pipeline: str
     state: FreshnessState
-    max_age: float
     evaluated_at: float
-    last_success: float | None = None
-    last_seen: float | None = None  # the last evaluation at which it had a series
-    value: float | None = None  # the raw value, kept to explain a missing state
+    check: str = LAST_SUCCESS
+    max_age: float | None = None  # the age threshold; for a lag check, the lag threshold
+    threshold: str = ""  # the threshold as people read it
+    deadline: float | None = None  # when it becomes (or became) late
+    last_success: float | None = None  # for a timestamp or age check: the last update
+    lag: float | None = None  # for a lag check: the lag in seconds
+    last_seen: float | None = None  # the last evaluation at which it had a value
+    value: float | None = None  # the value as Prometheus gave it
+    reason: str = ""  # why it is invalid or never succeeded
+    timezone: str = "UTC"  # where deadlines are shown in local time
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> StatusKey:
+        return (self.pipeline, self.check)
 
     @property
     def age(self) -> float | None:
-        """Seconds since the last success, as of the evaluation; None if never seen."""
+        """Seconds since the last success (or update), as of the evaluation."""
         if self.last_success is None:
             return None
         return self.evaluated_at - self.last_success
+
+    @property
+    def overdue(self) -> float | None:
+        """Seconds past the deadline; 0 when not late, None without a deadline."""
+        if self.deadline is None:
+            return None
+        return max(self.evaluated_at - self.deadline, 0.0)
 
     @property
     def is_problem(self) -> bool:
@@ -58,127 +101,268 @@ class PipelineStatus:
 
 
 @dataclass(frozen=True)
-class Evaluation:
-    """The outcome of one cycle: a status per watched pipeline, and who was dropped."""
+class Observation:
+    """A pipeline's value in one query, with the labels carried from its series."""
 
-    statuses: dict[str, PipelineStatus]
+    value: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PushTimes:
+    """The Pushgateway's ``push_time_seconds`` and ``push_failure_time_seconds``."""
+
+    push: float | None = None
+    failure: float | None = None
+
+    @property
+    def failed_last(self) -> bool:
+        """A failed push newer than the last good one: the value may be out of date."""
+        if not self.failure:
+            return False
+        return self.push is None or self.failure > self.push
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check's query result, reduced to a value per pipeline."""
+
+    check: str
+    evaluated_at: float
+    observed: dict[str, Observation]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The outcome of one cycle: a status per watched pipeline and check, and who left."""
+
+    results: dict[StatusKey, PipelineStatus]
     forgotten: list[PipelineStatus]
 
+    @property
+    def statuses(self) -> dict[str, PipelineStatus]:
+        """The built-in check's status per pipeline."""
+        return {p: s for (p, check), s in self.results.items() if check == LAST_SUCCESS}
 
-def last_success_query(metric: str, pipeline_label: str) -> str:
-    """The one PromQL query a cycle runs, for every pipeline at once.
-
-    Several series for one pipeline (replicas, instances, extra labels) are reduced to
-    the newest success.  ``or vector(time())`` guarantees at least one sample, so the
-    evaluation time is known even when no pipeline has a series; that sample has no
-    pipeline label and is ignored.
-    """
-    return f"max by ({pipeline_label}) ({metric}) or vector(time())"
+    def __iter__(self) -> Iterator[PipelineStatus]:
+        return iter(self.results.values())
 
 
-def observations(result: QueryResult, pipeline_label: str) -> dict[str, float]:
-    """The last-success value per pipeline name in a query result."""
-    observed = {}
+def observations(
+    result: QueryResult, pipeline_label: str, carry_labels: list[str], newest: bool = True
+) -> dict[str, Observation]:
+    """One value per pipeline name; with several series, the newest (or youngest) wins."""
+    observed: dict[str, Observation] = {}
     for sample in result.samples:
         name = sample.labels.get(pipeline_label)
-        if name:
-            observed[name] = sample.value
+        if not name:
+            continue
+        seen = observed.get(name)
+        if seen is not None and not _better(sample.value, seen.value, newest):
+            continue
+        carried = {k: sample.labels[k] for k in carry_labels if sample.labels.get(k)}
+        observed[name] = Observation(sample.value, carried)
     return observed
 
 
-def evaluate(
-    observed: Mapping[str, float],
-    evaluated_at: float,
-    settings: Settings,
-    previous: Mapping[str, PipelineStatus],
-) -> Evaluation:
-    """Decide each pipeline's state as of ``evaluated_at``.
+def _better(value: float, than: float, newest: bool) -> bool:
+    if math.isnan(than):
+        return not math.isnan(value)
+    return value > than if newest else value < than
 
-    1. Every pipeline with a series, every expected one, and every one seen before is
-       evaluated.
-    2. A pipeline seen before that has vanished keeps its last success (its age keeps
-       growing) and is ``missing``.
+
+def push_times(
+    result: QueryResult, pipeline_label: str, signal_label: str
+) -> dict[str, PushTimes]:
+    times: dict[str, PushTimes] = {}
+    for sample in result.samples:
+        name = sample.labels.get(pipeline_label)
+        signal = sample.labels.get(signal_label)
+        if not name or signal not in ("push", "push_failure"):
+            continue
+        current = times.get(name, PushTimes())
+        if signal == "push":
+            times[name] = replace(current, push=sample.value)
+        else:
+            times[name] = replace(current, failure=sample.value)
+    return times
+
+
+def evaluate(
+    results: list[CheckResult],
+    book: RuleBook,
+    previous: Mapping[StatusKey, PipelineStatus],
+    checks: Mapping[str, CheckConfig] | None = None,
+    pushes: Mapping[str, PushTimes] | None = None,
+) -> Evaluation:
+    """Decide every pipeline's state for every check.
+
+    1. The built-in check covers every watched pipeline with a series, every expected
+       one, and every one it saw before; a custom check covers the watched pipelines
+       its expression returns, and those it saw before.
+    2. A pipeline that vanished keeps its last success and is ``missing``.
     3. A discovered pipeline that has had no series for ``forget_after`` is forgotten;
        an expected one never is.
     """
-    expected = {p.name for p in settings.pipelines}
-    names = sorted(set(observed) | expected | set(previous))
+    statuses: dict[StatusKey, PipelineStatus] = {}
+    forgotten: list[PipelineStatus] = []
+    for result in results:
+        config = (checks or {}).get(result.check)
+        names = {n for n in result.observed if book.watches(n)}
+        names |= {p for (p, check) in previous if check == result.check}
+        if result.check == LAST_SUCCESS:
+            names |= book.expected
 
-    statuses = {}
-    forgotten = []
-    for name in names:
-        status = _evaluate_one(name, observed, evaluated_at, settings, previous.get(name))
-        if name not in expected and _is_forgotten(status, settings):
-            forgotten.append(status)
-        else:
-            statuses[name] = status
-    return Evaluation(statuses=statuses, forgotten=forgotten)
+        for name in sorted(names):
+            rules = book.for_pipeline(name)
+            before = previous.get((name, result.check))
+            if config is None:
+                status = _judge_last_success(name, result, rules, before, (pushes or {}).get(name))
+            else:
+                status = _judge_check(name, result, config, rules, before)
+
+            if not rules.expected and _is_forgotten(status, rules):
+                forgotten.append(status)
+            else:
+                statuses[status.key] = status
+    return Evaluation(results=statuses, forgotten=forgotten)
 
 
-def _evaluate_one(
-    name: str,
-    observed: Mapping[str, float],
-    evaluated_at: float,
-    settings: Settings,
-    previous: PipelineStatus | None,
+def _base(
+    name: str, check: str, result: CheckResult, rules: PipelineRules, before: PipelineStatus | None
 ) -> PipelineStatus:
-    max_age = max_age_for(settings, name)
-    base = PipelineStatus(
+    """The status of a pipeline without a value this cycle: missing, history kept."""
+    observation = result.observed.get(name)
+    labels = dict(rules.labels)
+    labels.update(observation.labels if observation else (before.labels if before else {}))
+    return PipelineStatus(
         pipeline=name,
+        check=check,
         state=FreshnessState.missing,
-        max_age=max_age,
-        evaluated_at=evaluated_at,
-        last_success=previous.last_success if previous else None,
-        last_seen=previous.last_seen if previous else None,
+        evaluated_at=result.evaluated_at,
+        max_age=rules.max_age,
+        threshold=rules.threshold_text,
+        last_success=before.last_success if before else None,
+        lag=before.lag if before else None,
+        last_seen=before.last_seen if before else None,
+        timezone=rules.schedule.timezone if rules.schedule else "UTC",
+        labels=labels,
     )
 
-    if name not in observed:
-        return base
 
-    value = observed[name]
-    seen = replace(base, last_seen=evaluated_at, value=value)
-    if not math.isfinite(value) or value <= 0:
-        return seen
+def _judge_last_success(
+    name: str,
+    result: CheckResult,
+    rules: PipelineRules,
+    before: PipelineStatus | None,
+    push: PushTimes | None,
+) -> PipelineStatus:
+    status = _base(name, LAST_SUCCESS, result, rules, before)
+    if status.last_success is not None:
+        status = replace(status, deadline=rules.deadline(status.last_success))
+    if name not in result.observed:
+        return status
 
-    age = evaluated_at - value
-    state = FreshnessState.stale if age > max_age else FreshnessState.fresh
-    return replace(seen, state=state, last_success=value)
+    raw = result.observed[name].value
+    status = replace(status, last_seen=result.evaluated_at, value=raw)
+    problem = _lie(raw * rules.unit_seconds, raw, result.evaluated_at, rules.future_tolerance)
+    if problem is not None:
+        return replace(status, state=problem[0], reason=problem[1], deadline=None)
+    if push is not None and push.failed_last:
+        return replace(status, state=FreshnessState.invalid, reason=_push_reason(push))
+
+    last_success = raw * rules.unit_seconds
+    deadline = rules.deadline(last_success)
+    state = FreshnessState.stale if result.evaluated_at > deadline else FreshnessState.fresh
+    return replace(status, state=state, last_success=last_success, deadline=deadline)
 
 
-def _is_forgotten(status: PipelineStatus, settings: Settings) -> bool:
+def _lie(
+    seconds: float, raw: float, now: float, tolerance: float
+) -> tuple[FreshnessState, str] | None:
+    """Why a value cannot be a time of success, or None if it can."""
+    if math.isnan(seconds) or seconds <= 0:
+        return FreshnessState.never_succeeded, f"no success recorded (value {raw:g})"
+    if seconds - now <= tolerance:
+        return None
+
+    # A timestamp in milliseconds read as seconds lies tens of thousands of years ahead.
+    for unit, factor in (("milliseconds", 1e3), ("microseconds", 1e6), ("nanoseconds", 1e9)):
+        if abs(seconds / factor - now) <= 10 * 365 * 86400:
+            return FreshnessState.invalid, (
+                f"value {raw:.0f} looks like a timestamp in {unit} "
+                "(set timestamp_unit if that is intended)"
+            )
+    if math.isinf(seconds):
+        return FreshnessState.invalid, f"value {raw:g} is not a timestamp"
+    ahead = format_duration(seconds - now)
+    return FreshnessState.invalid, f"last success is {ahead} in the future"
+
+
+def _push_reason(push: PushTimes) -> str:
+    good = f"after the last good push at {iso_time(push.push)}" if push.push else "never pushed"
+    return f"the last push to the Pushgateway failed at {iso_time(push.failure)}, {good}"
+
+
+def _judge_check(
+    name: str,
+    result: CheckResult,
+    check: CheckConfig,
+    rules: PipelineRules,
+    before: PipelineStatus | None,
+) -> PipelineStatus:
+    status = replace(
+        _base(name, check.name, result, rules, before),
+        max_age=check.threshold,
+        threshold=format_duration(check.threshold),
+    )
+    if check.type != "lag" and status.last_success is not None:
+        status = replace(status, deadline=status.last_success + check.threshold)
+    if name not in result.observed:
+        return status
+
+    value = result.observed[name].value
+    status = replace(status, last_seen=result.evaluated_at, value=value)
+    if not math.isfinite(value):
+        return replace(status, state=FreshnessState.invalid, reason=f"value {value:g}")
+
+    if check.type == "lag":
+        state = FreshnessState.stale if value > check.threshold else FreshnessState.fresh
+        return replace(status, state=state, lag=value)
+
+    updated = value if check.type == "timestamp" else result.evaluated_at - value
+    if check.type == "timestamp":
+        problem = _lie(updated, value, result.evaluated_at, rules.future_tolerance)
+        if problem is not None:
+            return replace(status, state=problem[0], reason=problem[1], deadline=None)
+    deadline = updated + check.threshold
+    state = FreshnessState.stale if result.evaluated_at > deadline else FreshnessState.fresh
+    return replace(status, state=state, last_success=updated, deadline=deadline)
+
+
+def _is_forgotten(status: PipelineStatus, rules: PipelineRules) -> bool:
     if status.state is not FreshnessState.missing or status.last_seen is None:
         return False
-    return status.evaluated_at - status.last_seen > forget_after_for(settings, status.pipeline)
+    return status.evaluated_at - status.last_seen > rules.forget_after
 
 
 def unknown(
-    previous: Mapping[str, PipelineStatus], settings: Settings, now: float
-) -> dict[str, PipelineStatus]:
+    previous: Mapping[StatusKey, PipelineStatus], book: RuleBook, now: float
+) -> dict[StatusKey, PipelineStatus]:
     """Statuses for a cycle whose query failed: every pipeline ``unknown``, history kept.
 
     ``now`` (the local clock) only dates expected pipelines never evaluated before.
     """
-    statuses = {name: replace(s, state=FreshnessState.unknown) for name, s in previous.items()}
-    for pipeline in settings.pipelines:
-        if pipeline.name not in statuses:
-            statuses[pipeline.name] = PipelineStatus(
-                pipeline=pipeline.name,
+    statuses = {key: replace(s, state=FreshnessState.unknown) for key, s in previous.items()}
+    for name in book.expected:
+        if (name, LAST_SUCCESS) not in statuses:
+            rules = book.for_pipeline(name)
+            statuses[(name, LAST_SUCCESS)] = PipelineStatus(
+                pipeline=name,
                 state=FreshnessState.unknown,
-                max_age=max_age_for(settings, pipeline.name),
                 evaluated_at=now,
+                max_age=rules.max_age,
+                threshold=rules.threshold_text,
+                labels=dict(rules.labels),
             )
     return dict(sorted(statuses.items()))
-
-
-def max_age_for(settings: Settings, name: str) -> float:
-    override = settings.pipeline(name)
-    if override is not None and override.max_age is not None:
-        return override.max_age
-    return settings.defaults.max_age
-
-
-def forget_after_for(settings: Settings, name: str) -> float:
-    override = settings.pipeline(name)
-    if override is not None and override.forget_after is not None:
-        return override.forget_after
-    return settings.defaults.forget_after

@@ -1,20 +1,20 @@
 """The watchdog's own metrics, served on ``/metrics``.
 
 Names follow the project's convention: prefix ``ml_``, component ``watchdog``,
-base units in the name.  Per-pipeline series carry only the ``pipeline`` label and
-come from one snapshot taken after each successful evaluation, so a forgotten
-pipeline's series disappear with it instead of lingering.
+base units in the name.  Per-pipeline series carry only the ``pipeline`` label
+(and ``check`` for custom checks) and come from one snapshot taken after each
+successful evaluation, so a forgotten pipeline's series disappear with it.
 """
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from watchdog import __version__
-from watchdog.freshness import FreshnessState, PipelineStatus
+from watchdog.freshness import LAST_SUCCESS, FreshnessState, PipelineStatus
 
 # Evaluations are one HTTP query plus arithmetic: mostly well under a second.
 _DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -36,37 +36,71 @@ class PipelineCollector(Collector):
         with self._lock:
             statuses = self._statuses
 
-        staleness = GaugeMetricFamily(
-            "ml_watchdog_pipeline_staleness_seconds",
-            "Seconds since the pipeline's last success, as of the last successful evaluation.",
-            labels=["pipeline"],
-        )
-        stale = GaugeMetricFamily(
-            "ml_watchdog_pipeline_stale",
-            "1 if the pipeline is stale or missing, else 0.",
-            labels=["pipeline"],
-        )
-        max_age = GaugeMetricFamily(
-            "ml_watchdog_pipeline_max_age_seconds",
-            "The pipeline's staleness threshold.",
-            labels=["pipeline"],
-        )
-        for status in statuses:
-            if status.age is not None:
-                staleness.add_metric([status.pipeline], status.age)
-            stale.add_metric([status.pipeline], 1.0 if status.is_problem else 0.0)
-            max_age.add_metric([status.pipeline], status.max_age)
+        main = [s for s in statuses if s.check == LAST_SUCCESS]
+        yield from _pipeline_families(main)
+        yield from _check_families([s for s in statuses if s.check != LAST_SUCCESS])
 
         per_state = GaugeMetricFamily(
             "ml_watchdog_pipelines",
-            "Number of watched pipelines in each freshness state.",
+            "Number of watched pipelines in each freshness state (last_success check).",
             labels=["state"],
         )
         for state in FreshnessState:
-            count = sum(1 for s in statuses if s.state is state)
-            per_state.add_metric([state.value], count)
+            per_state.add_metric([state.value], sum(1 for s in main if s.state is state))
+        yield per_state
 
-        yield from (staleness, stale, max_age, per_state)
+
+def _pipeline_families(statuses: list[PipelineStatus]) -> Iterator[Metric]:
+    staleness = GaugeMetricFamily(
+        "ml_watchdog_pipeline_staleness_seconds",
+        "Seconds since the pipeline's last success, as of the last successful evaluation.",
+        labels=["pipeline"],
+    )
+    stale = GaugeMetricFamily(
+        "ml_watchdog_pipeline_stale",
+        "1 if the pipeline is in a problem state (stale, missing, never_succeeded, invalid).",
+        labels=["pipeline"],
+    )
+    max_age = GaugeMetricFamily(
+        "ml_watchdog_pipeline_max_age_seconds",
+        "The pipeline's max_age threshold (absent when only a schedule applies).",
+        labels=["pipeline"],
+    )
+    deadline = GaugeMetricFamily(
+        "ml_watchdog_pipeline_deadline_timestamp_seconds",
+        "Unix time at which the pipeline is (or was) late if nothing succeeds.",
+        labels=["pipeline"],
+    )
+    for status in statuses:
+        labels = [status.pipeline]
+        if status.age is not None:
+            staleness.add_metric(labels, status.age)
+        stale.add_metric(labels, 1.0 if status.is_problem else 0.0)
+        if status.max_age is not None:
+            max_age.add_metric(labels, status.max_age)
+        if status.deadline is not None:
+            deadline.add_metric(labels, status.deadline)
+    yield from (staleness, stale, max_age, deadline)
+
+
+def _check_families(statuses: list[PipelineStatus]) -> Iterator[Metric]:
+    value = GaugeMetricFamily(
+        "ml_watchdog_check_value_seconds",
+        "A custom check's age (timestamp and age checks) or lag (lag checks).",
+        labels=["pipeline", "check"],
+    )
+    stale = GaugeMetricFamily(
+        "ml_watchdog_check_stale",
+        "1 if a custom check is in a problem state, else 0.",
+        labels=["pipeline", "check"],
+    )
+    for status in statuses:
+        labels = [status.pipeline, status.check]
+        measured = status.lag if status.lag is not None else status.age
+        if measured is not None:
+            value.add_metric(labels, measured)
+        stale.add_metric(labels, 1.0 if status.is_problem else 0.0)
+    yield from (value, stale)
 
 
 class WatchdogMetrics:
@@ -87,6 +121,11 @@ class WatchdogMetrics:
             "ml_watchdog_query_errors",
             "Failed Prometheus queries, by kind (unavailable, query_error, invalid_response).",
             ["kind"],
+            registry=self.registry,
+        )
+        self.query_warnings = Counter(
+            "ml_watchdog_query_warnings",
+            "Query answers that carried warnings (a partial answer among them).",
             registry=self.registry,
         )
         self.evaluation_duration = Histogram(
@@ -131,5 +170,5 @@ class WatchdogMetrics:
             for result in ("sent", "failed"):
                 self.notifications.labels(receiver, result)
 
-    def observe_statuses(self, statuses: Mapping[str, PipelineStatus]) -> None:
-        self.pipelines.update(statuses.values())
+    def observe_statuses(self, statuses: Iterable[PipelineStatus]) -> None:
+        self.pipelines.update(statuses)

@@ -9,12 +9,13 @@ open a dashboard to know what is wrong.
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from watchdog.alerts import AlertEvent, AlertStatus
-from watchdog.durations import format_duration
-from watchdog.freshness import FreshnessState, PipelineStatus
+from watchdog.alerts import SOURCE_CHECK, AlertEvent, AlertStatus
+from watchdog.durations import format_duration, iso_time
+from watchdog.freshness import LAST_SUCCESS, FreshnessState, PipelineStatus
+from watchdog.schedule import zone
 
 WEBHOOK_SCHEMA_VERSION = "1"
 
@@ -34,45 +35,77 @@ class Notification:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
-def iso_time(timestamp: float | None) -> str | None:
-    """ISO 8601 in UTC with a ``Z``, or None."""
-    if timestamp is None:
-        return None
-    moment = datetime.fromtimestamp(timestamp, tz=UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+_STATE_WORDS = {
+    FreshnessState.fresh: "is fresh",
+    FreshnessState.stale: "is stale",
+    FreshnessState.missing: "is missing",
+    FreshnessState.never_succeeded: "has never succeeded",
+    FreshnessState.invalid: "has an invalid timestamp",
+    FreshnessState.unknown: "is unknown",
+}
+
+
+def subject(status: PipelineStatus) -> str:
+    """What an alert is about: ``train``, ``train (table_update)`` or the watchdog itself."""
+    if status.check == SOURCE_CHECK:
+        return "pipeline-watchdog"
+    if status.check == LAST_SUCCESS:
+        return status.pipeline
+    return f"{status.pipeline} ({status.check})"
 
 
 def describe(status: PipelineStatus) -> str:
     """One line on a pipeline's state, for people: ``train is stale: last success …``."""
-    return f"{status.pipeline} is {status.state}: {explain(status)}"
+    if status.check == SOURCE_CHECK:
+        return f"pipeline-watchdog cannot evaluate pipelines: {status.reason}"
+    return f"{subject(status)} {_STATE_WORDS[status.state]}: {explain(status)}"
 
 
 def explain(status: PipelineStatus) -> str:
     """Why a pipeline is in its state: ``last success 3h 12m ago, threshold 2h (1h 12m late)``."""
-    threshold = format_duration(status.max_age)
-    age = status.age
-
     if status.state is FreshnessState.missing:
         return _missing_reason(status)
     if status.state is FreshnessState.unknown:
-        return "Prometheus could not be queried"
-    if age is None:
-        return f"no success recorded, threshold {threshold}"
+        return status.reason or "Prometheus could not be queried"
+    if status.state in (FreshnessState.never_succeeded, FreshnessState.invalid):
+        return status.reason
+    if status.lag is not None:
+        return _lag_text(status)
+    if status.age is None:
+        return f"no success recorded, threshold {status.threshold}"
 
-    text = f"last success {format_duration(age)} ago, threshold {threshold}"
-    if status.state is FreshnessState.stale:
-        text += f" ({format_duration(age - status.max_age)} late)"
+    what = "last success" if status.check == LAST_SUCCESS else "last update"
+    text = f"{what} {format_duration(status.age)} ago, threshold {status.threshold}"
+    schedule = "schedule" in status.threshold
+    if status.state is FreshnessState.stale and status.overdue is not None:
+        text += f" ({format_duration(status.overdue)} late"
+        text += f", deadline was {_local(status)})" if schedule else ")"
+    elif schedule and status.deadline is not None:
+        text += f", next deadline {_local(status)}"
     return text
 
 
-def _missing_reason(status: PipelineStatus) -> str:
-    if status.value is not None:
-        return f"its last-success value {status.value:g} is not a timestamp"
+def _lag_text(status: PipelineStatus) -> str:
+    assert status.lag is not None and status.max_age is not None
+    text = f"lag {format_duration(status.lag)}, threshold {status.threshold}"
+    if status.state is FreshnessState.stale:
+        text += f" ({format_duration(status.lag - status.max_age)} over)"
+    return text
 
-    reason = "Prometheus has no last-success series for it"
+
+def _local(status: PipelineStatus) -> str:
+    """The deadline in the pipeline's own time zone, as its team thinks of it."""
+    assert status.deadline is not None
+    moment = datetime.fromtimestamp(status.deadline, zone(status.timezone))
+    return moment.strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _missing_reason(status: PipelineStatus) -> str:
+    series = "last-success series" if status.check == LAST_SUCCESS else "value"
+    reason = f"Prometheus has no {series} for it"
     if status.last_seen is not None:
         gone = format_duration(status.evaluated_at - status.last_seen)
-        reason = f"its last-success series vanished {gone} ago"
+        reason = f"its {series} vanished {gone} ago"
     if status.age is not None:
         reason += f"; last success {format_duration(status.age)} ago"
     return reason
@@ -82,21 +115,35 @@ def summarize(event: AlertEvent) -> str:
     """The line a notification shows for one alert."""
     status = event.pipeline
     if event.status is AlertStatus.firing:
-        return describe(status)
+        text = describe(status)
+        if event.holding:
+            text += f"; holding back alerts of downstream {', '.join(event.holding)}"
+        if event.held_by:
+            text += f" (held back while upstream {event.held_by} was late)"
+        return text
 
     duration = format_duration(status.evaluated_at - event.firing_since)
+    if event.is_source:
+        return f"pipeline-watchdog can evaluate pipelines again, after {duration}"
     if event.reason:
-        return f"{status.pipeline}: alert closed after {duration}, {event.reason}"
-    return f"{status.pipeline} recovered after {duration}: {explain(status)}"
+        return f"{subject(status)}: alert closed after {duration}, {event.reason}"
+    return f"{subject(status)} recovered after {duration}: {explain(status)}"
 
 
 def headline(notification: Notification) -> str:
     """``2 pipelines late: a, b`` or ``1 pipeline recovered: a``."""
-    names = [event.pipeline.pipeline for event in notification.events]
-    count = f"{len(names)} pipeline{'s' if len(names) != 1 else ''}"
-    verb = "late" if notification.status is AlertStatus.firing else "recovered"
-    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    return f"{count} {verb}: {shown}"
+    pipelines = [e for e in notification.events if not e.is_source]
+    parts = []
+    if len(pipelines) < len(notification.events):
+        firing = notification.status is AlertStatus.firing
+        parts.append("cannot evaluate pipelines" if firing else "evaluating pipelines again")
+    if pipelines:
+        names = [subject(event.pipeline) for event in pipelines]
+        count = f"{len(names)} pipeline{'s' if len(names) != 1 else ''}"
+        verb = "late" if notification.status is AlertStatus.firing else "recovered"
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        parts.append(f"{count} {verb}: {shown}")
+    return "; ".join(parts)
 
 
 def webhook_body(notification: Notification) -> dict[str, Any]:
@@ -115,14 +162,23 @@ def webhook_body(notification: Notification) -> dict[str, Any]:
 def _webhook_alert(event: AlertEvent) -> dict[str, Any]:
     status = event.pipeline
     return {
-        "pipeline": status.pipeline,
+        "pipeline": None if event.is_source else status.pipeline,
+        "check": status.check,
         "status": str(event.status),
         "state": str(status.state),
         "age_seconds": _rounded(status.age),
         "max_age_seconds": status.max_age,
+        "threshold": status.threshold,
         "last_success": iso_time(status.last_success),
+        "next_deadline": iso_time(status.deadline),
+        "overdue_seconds": _rounded(status.overdue),
+        "lag_seconds": _rounded(status.lag),
         "evaluated_at": iso_time(status.evaluated_at),
         "firing_since": iso_time(event.firing_since),
+        "reason": status.reason,
+        "labels": status.labels,
+        "holding": list(event.holding),
+        "held_by": event.held_by or None,
         "summary": summarize(event),
     }
 
@@ -153,10 +209,11 @@ def slack_body(notification: Notification) -> dict[str, Any]:
 
 def _slack_section(event: AlertEvent) -> dict[str, Any]:
     status = event.pipeline
-    lines = [f"*{_escape(status.pipeline)}* — {_escape(summarize(event))}"]
+    lines = [f"*{_escape(subject(status))}* — {_escape(summarize(event))}"]
     if status.last_success is not None:
         lines.append(f"Last success: {iso_time(status.last_success)}")
-    lines.append(f"Threshold: {format_duration(status.max_age)}")
+    if status.threshold:
+        lines.append(f"Threshold: {_escape(status.threshold)}")
     return {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)[:3000]}}
 
 

@@ -1,33 +1,44 @@
 """The watchdog's main job: one evaluation cycle, and the state kept between cycles.
 
-A cycle reads the clock once, runs one query, decides every pipeline's state,
-updates the metrics, turns state changes into alert events and hands them to the
-dispatcher.  A failed query marks pipelines ``unknown`` and changes no alert.
+A cycle runs the built-in last-success query, one query per custom check and,
+when enabled, the Pushgateway query; decides every pipeline's state; updates the
+metrics; turns state changes into alert events and hands them to the dispatcher.
+
+A failed last-success query marks every pipeline ``unknown`` and changes no alert;
+after ``source_failure_alert_after`` such cycles in a row the watchdog raises its
+own "cannot evaluate" alert, resolved by the next successful cycle.  A failed
+custom-check query makes only that check ``unknown``.
 """
 
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
-from watchdog.alerts import AlertEvent, AlertTracker
-from watchdog.config import Settings
+from watchdog.alerts import SOURCE_CHECK, AlertEvent, AlertStatus, AlertTracker
+from watchdog.config import CheckConfig, Settings
 from watchdog.delivery import Dispatcher
 from watchdog.exceptions import SourceError
 from watchdog.freshness import (
+    LAST_SUCCESS,
+    CheckResult,
     Evaluation,
     FreshnessState,
     PipelineStatus,
+    PushTimes,
+    StatusKey,
     evaluate,
-    last_success_query,
     observations,
+    push_times,
     unknown,
 )
 from watchdog.metrics import WatchdogMetrics
-from watchdog.notifications import explain
-from watchdog.prometheus import PrometheusClient
+from watchdog.notifications import explain, subject
+from watchdog.prometheus import PrometheusClient, QueryResult
+from watchdog.queries import SIGNAL_LABEL, check_query, last_success_query, push_query
 from watchdog.receivers import build_receiver
+from watchdog.rules import RuleBook
 from watchdog.transport import new_session
 
 log = logging.getLogger(__name__)
@@ -39,13 +50,18 @@ Clock = Callable[[], float]
 class CycleOutcome:
     """What one cycle did: for logs, tests and the health endpoints."""
 
-    statuses: dict[str, PipelineStatus]
+    results: dict[StatusKey, PipelineStatus]
     events: list[AlertEvent] = field(default_factory=list)
     error: SourceError | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def statuses(self) -> dict[str, PipelineStatus]:
+        """The built-in check's status per pipeline."""
+        return {p: s for (p, check), s in self.results.items() if check == LAST_SUCCESS}
 
 
 class Watchdog:
@@ -61,38 +77,101 @@ class Watchdog:
     ) -> None:
         self.settings = settings
         self.clock = clock
+        self.rules = RuleBook(settings)
         self.metrics = metrics or WatchdogMetrics(r.name for r in settings.receivers)
         self.client = client or PrometheusClient(
             settings.prometheus.url, timeout=settings.prometheus.timeout
         )
         receivers = [build_receiver(r, new_session()) for r in settings.receivers]
         self.dispatcher = Dispatcher(receivers, self.metrics, clock)
-        self.tracker = AlertTracker()
+        self.tracker = AlertTracker(self.rules.upstreams())
 
         self._lock = threading.Lock()
-        self._statuses: dict[str, PipelineStatus] = {}
-        self._known_states: dict[str, FreshnessState] = {}
+        self._results: dict[StatusKey, PipelineStatus] = {}
+        self._known_states: dict[StatusKey, FreshnessState] = {}
+        self._source_alert_since: float | None = None
         self.failures_in_a_row = 0
         self.cycles = 0
         self.last_cycle_at: float | None = None
 
-    def statuses(self) -> dict[str, PipelineStatus]:
-        """The latest status of every watched pipeline (safe from other threads)."""
+    def results(self) -> dict[StatusKey, PipelineStatus]:
+        """The latest status of every pipeline and check (safe from other threads)."""
         with self._lock:
-            return dict(self._statuses)
+            return dict(self._results)
 
-    def evaluate(self, *, at: float | None = None) -> Evaluation:
-        """Query Prometheus once and decide every pipeline's state; raise SourceError."""
-        query = last_success_query(self.settings.metric, self.settings.pipeline_label)
-        result = self.client.query(query, at=at)
+    def statuses(self) -> dict[str, PipelineStatus]:
+        """The latest built-in check's status per pipeline (safe from other threads)."""
+        return {p: s for (p, check), s in self.results().items() if check == LAST_SUCCESS}
+
+    def evaluate(self, *, at: float | None = None, pipelines: Sequence[str] = ()) -> Evaluation:
+        """Query Prometheus and decide every state; raise SourceError if the main query fails.
+
+        ``at`` evaluates as of a past instant; ``pipelines`` limits the built-in
+        check to those names (for ``check --pipeline``).
+        """
+        settings = self.settings
+        query = last_success_query(settings, pipelines)
+        main = self._reduce(LAST_SUCCESS, self._query(query, at), at, newest=True)
+
+        results = [main]
+        failed: set[str] = set()
+        for check in settings.checks:
+            try:
+                answer = self._query(check_query(check, settings), at)
+            except SourceError as exc:
+                self._check_failed(check, exc)
+                failed.add(check.name)
+            else:
+                results.append(self._reduce(check.name, answer, at, newest=check.type != "age"))
+
+        checks = {check.name: check for check in settings.checks}
+        evaluation = evaluate(results, self.rules, self.results(), checks, self._pushes(at))
+        return self._keep_unknown(evaluation, failed)
+
+    def _query(self, expr: str, at: float | None) -> QueryResult:
+        result = self.client.query(expr, at=at)
         for warning in result.warnings:
-            log.warning("Prometheus warned about the query: %s", warning)
+            self.metrics.query_warnings.inc()
+            log.warning("Prometheus warned about a query: %s", warning)
+        return result
 
+    def _reduce(
+        self, check: str, result: QueryResult, at: float | None, *, newest: bool
+    ) -> CheckResult:
         evaluated_at = result.evaluated_at
         if evaluated_at is None:
             evaluated_at = at if at is not None else self.clock()
-        observed = observations(result, self.settings.pipeline_label)
-        return evaluate(observed, evaluated_at, self.settings, self.statuses())
+        settings = self.settings
+        carry = settings.carry_labels if check == LAST_SUCCESS else []
+        observed = observations(result, settings.pipeline_label, carry, newest)
+        return CheckResult(check=check, evaluated_at=evaluated_at, observed=observed)
+
+    def _pushes(self, at: float | None) -> dict[str, PushTimes] | None:
+        if not self.settings.pushgateway_signals:
+            return None
+        try:
+            result = self._query(push_query(self.settings), at)
+        except SourceError as exc:
+            self.metrics.query_errors.labels(exc.kind).inc()
+            log.warning("Pushgateway signals not read this cycle (%s): %s", exc.kind, exc)
+            return None
+        return push_times(result, self.settings.pipeline_label, SIGNAL_LABEL)
+
+    def _check_failed(self, check: CheckConfig, exc: SourceError) -> None:
+        self.metrics.query_errors.labels(exc.kind).inc()
+        log.warning(
+            "check %s: query failed (%s): %s; its results are unknown", check.name, exc.kind, exc
+        )
+
+    def _keep_unknown(self, evaluation: Evaluation, failed: set[str]) -> Evaluation:
+        """Carry the statuses of checks whose query failed as ``unknown``."""
+        if not failed:
+            return evaluation
+        results = dict(evaluation.results)
+        for key, status in self.results().items():
+            if key[1] in failed:
+                results[key] = replace(status, state=FreshnessState.unknown)
+        return Evaluation(results=results, forgotten=evaluation.forgotten)
 
     def run_cycle(self) -> CycleOutcome:
         """Evaluate, update metrics and alerts, and deliver what is due."""
@@ -114,21 +193,22 @@ class Watchdog:
         return outcome
 
     def _evaluated(self, evaluation: Evaluation) -> CycleOutcome:
-        statuses = evaluation.statuses
+        results = evaluation.results
         self._log_changes(evaluation)
 
-        events = self.tracker.update(statuses.values(), evaluation.forgotten)
-        now = max((s.evaluated_at for s in statuses.values()), default=self.clock())
+        now = max((s.evaluated_at for s in results.values()), default=self.clock())
+        events = self.tracker.update(results.values(), evaluation.forgotten)
+        events += self._source_recovered(now)
         self.dispatcher.submit(events, now)
 
         with self._lock:
-            self._statuses = statuses
+            self._results = results
         self.failures_in_a_row = 0
-        self.metrics.observe_statuses(statuses)
+        self.metrics.observe_statuses(results.values())
         self.metrics.evaluations.labels("success").inc()
         self.metrics.prometheus_up.set(1)
         self.metrics.last_evaluation.set(self.clock())
-        return CycleOutcome(statuses=statuses, events=events)
+        return CycleOutcome(results=results, events=events)
 
     def _failed(self, exc: SourceError, started: float) -> CycleOutcome:
         self.failures_in_a_row += 1
@@ -138,29 +218,68 @@ class Watchdog:
             self.failures_in_a_row,
             exc,
         )
-        statuses = unknown(self.statuses(), self.settings, started)
+        results = unknown(self.results(), self.rules, started)
         with self._lock:
-            self._statuses = statuses
+            self._results = results
         self.metrics.evaluations.labels("error").inc()
         self.metrics.query_errors.labels(exc.kind).inc()
         self.metrics.prometheus_up.set(0)
-        return CycleOutcome(statuses=statuses, error=exc)
+
+        events = self._source_failing(exc, started)
+        self.dispatcher.submit(events, started)
+        return CycleOutcome(results=results, events=events, error=exc)
+
+    def _source_failing(self, exc: SourceError, now: float) -> list[AlertEvent]:
+        """The watchdog's own alert, once the source has failed often enough in a row."""
+        threshold = self.settings.source_failure_alert_after
+        if not threshold or self.failures_in_a_row < threshold or self._source_alert_since:
+            return []
+
+        self._source_alert_since = now
+        reason = (
+            f"the Prometheus query failed {self.failures_in_a_row} times in a row "
+            f"({exc.kind}: {exc}); pipeline states are unknown"
+        )
+        log.error("cannot evaluate pipelines: %s", reason)
+        return [AlertEvent(AlertStatus.firing, self._source_status(now, reason), now)]
+
+    def _source_recovered(self, now: float) -> list[AlertEvent]:
+        since = self._source_alert_since
+        if since is None:
+            return []
+        self._source_alert_since = None
+        log.info("evaluating pipelines again after %d failed cycles", self.failures_in_a_row)
+        reason = "queries succeed again"
+        return [AlertEvent(AlertStatus.resolved, self._source_status(now, reason), since)]
+
+    def _source_status(self, now: float, reason: str) -> PipelineStatus:
+        return PipelineStatus(
+            pipeline="",
+            check=SOURCE_CHECK,
+            state=FreshnessState.unknown,
+            evaluated_at=now,
+            reason=reason,
+        )
 
     def _log_changes(self, evaluation: Evaluation) -> None:
-        """Log each pipeline whose state differs from the last one known (not unknown)."""
-        for name, status in evaluation.statuses.items():
-            before = self._known_states.get(name)
-            self._known_states[name] = status.state
+        """Log each status whose state differs from the last one known (not unknown)."""
+        for key, status in evaluation.results.items():
+            if status.state is FreshnessState.unknown:
+                continue
+            before = self._known_states.get(key)
+            self._known_states[key] = status.state
             if before is status.state or (before is None and not status.is_problem):
                 continue
             log.info(
-                "pipeline %s: %s -> %s (%s)", name, before or "new", status.state, explain(status)
+                "pipeline %s: %s -> %s (%s)",
+                subject(status),
+                before or "new",
+                status.state,
+                explain(status),
             )
 
         for status in evaluation.forgotten:
-            self._known_states.pop(status.pipeline, None)
+            self._known_states.pop(status.key, None)
             log.info(
-                "pipeline %s: forgotten after no series for %s",
-                status.pipeline,
-                "longer than forget_after",
+                "pipeline %s: forgotten, no series for longer than forget_after", subject(status)
             )
