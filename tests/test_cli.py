@@ -15,6 +15,7 @@ import requests
 
 from testbed.receiver import RecordingReceiver
 from testbed.servers import ExporterProcess, PrometheusServer, free_port, wait_until
+from watchdog.queries import promql_string
 
 SECRET = "SECRETTOKEN"
 
@@ -35,9 +36,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def visible(prometheus: PrometheusServer, pipeline: str, value: float) -> Callable[[], bool]:
     def check() -> bool:
-        result = prometheus.query(
-            f'ml_pipeline_last_success_timestamp{{pipeline="{pipeline}"}} == {value}'
-        )
+        selector = f"ml_pipeline_last_success_timestamp{{pipeline={promql_string(pipeline)}}}"
+        result = prometheus.query(f"{selector} == {value}")
         return bool(result)
 
     return check
@@ -94,6 +94,21 @@ def test_check_exits_0_when_all_fresh_and_1_when_one_is_late(
     assert 7200 <= old["age_seconds"] < 7300
     assert old["max_age_seconds"] == 3600
     assert old["summary"].startswith("cli-old is stale: last success 2h")
+
+
+def test_check_pipeline_selects_names_that_promql_must_escape(
+    prometheus: PrometheusServer, only_fresh_pipelines: Callable[[str, float], None], write_config
+) -> None:
+    odd = 'odd "quoted" \\ back\nslash ü'
+    only_fresh_pipelines(odd, time.time() - 60)
+    only_fresh_pipelines("cli-late-bystander", time.time() - 7200)
+    config = write_config({"prometheus": {"url": prometheus.url}})
+
+    result = run_cli("check", "--config", str(config), "--pipeline", odd, "--format", "json")
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)["pipelines"]
+    assert [(p["pipeline"], p["state"]) for p in report] == [(odd, "fresh")]
 
 
 def test_check_reports_a_missing_expected_pipeline(prometheus: PrometheusServer, write_config):

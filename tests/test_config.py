@@ -178,3 +178,75 @@ def test_invalid_scalars_are_named(write_config, key: str, value: object, expect
     found = problems(write_config({key: value}))
 
     assert found[0].startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        (
+            {"name": "p", "schedule": "61 2 * * *"},
+            "pipelines[0].schedule: invalid cron expression '61 2 * * *': Bad minute",
+        ),
+        (
+            {"name": "p", "schedule": "0 2 * *"},
+            "pipelines[0].schedule: invalid cron expression '0 2 * *': expected 5 fields",
+        ),
+        (
+            {"name": "p", "timezone": "Europe/Atlantis"},
+            "pipelines[0].timezone: unknown time zone 'Europe/Atlantis' (expected an IANA name)",
+        ),
+        ({"match": "etl-("}, "pipelines[0].match: invalid regular expression 'etl-('"),
+        ({"max_age": "1h"}, "pipelines[0]: set exactly one of name and match"),
+        ({"name": "p", "timestamp_unit": "days"}, "pipelines[0].timestamp_unit: input should be"),
+        ({"name": "p", "labels": {"bad-name": "x"}}, "pipelines[0].labels: invalid label name"),
+    ],
+)
+def test_pipeline_entry_problems_name_the_field(
+    write_config, entry: dict[str, object], expected: str
+) -> None:
+    found = problems(write_config({"pipelines": [entry]}))
+
+    assert len(found) == 1
+    assert found[0].startswith(expected)
+
+
+def test_dependency_cycle_is_rejected_with_its_path(write_config) -> None:
+    pipelines = [
+        {"name": "a", "depends_on": ["b"]},
+        {"name": "b", "depends_on": ["c"]},
+        {"name": "c", "depends_on": ["a"]},
+    ]
+
+    found = problems(write_config({"pipelines": pipelines}))
+
+    assert found == ["pipelines: depends_on forms a cycle: a -> b -> c -> a"]
+
+
+@pytest.mark.parametrize(
+    ("check", "expected"),
+    [
+        (
+            {"name": "l", "type": "lag", "expr": "a", "threshold": "1h"},
+            "checks[0]: a lag check needs baseline",
+        ),
+        (
+            {"name": "t", "type": "age", "expr": "a", "baseline": "b", "threshold": "1h"},
+            "checks[0]: baseline only applies to lag checks",
+        ),
+        ({"name": "t", "type": "age", "expr": "a"}, "checks[0].threshold: required"),
+        (
+            {"name": "t", "type": "rate", "expr": "a", "threshold": "1h"},
+            "checks[0].type: input should be",
+        ),
+    ],
+)
+def test_check_problems_name_the_field(write_config, check: dict[str, object], expected: str):
+    found = problems(write_config({"checks": [check]}))
+
+    assert found[0].startswith(expected)
+
+
+def test_discovery_regex_problems_name_the_index(write_config) -> None:
+    found = problems(write_config({"discovery": {"exclude": ["ok", "("]}}))
+
+    assert found[0].startswith("discovery.exclude: invalid regular expression '('")

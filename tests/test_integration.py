@@ -133,7 +133,7 @@ def test_expected_pipeline_without_series_is_missing_and_notified(
     assert alert["last_success"] is None
 
 
-def test_stopped_prometheus_makes_pipelines_unknown_without_false_alerts(
+def test_stopped_prometheus_makes_pipelines_unknown_without_false_alerts_then_says_so(
     tmp_path: Path,
     exporter: ExporterProcess,
     receiver: RecordingReceiver,
@@ -144,13 +144,18 @@ def test_stopped_prometheus_makes_pipelines_unknown_without_false_alerts(
     exporter.succeed(late, timestamp=time.time() - 7200)
     with PrometheusServer(tmp_path, [exporter.target], name="own-prometheus") as own:
         own.wait_for_targets_up()
-        watchdog = Watchdog(settings_for(own.url, receiver, defaults={"max_age": "1h"}))
+        config = settings_for(
+            own.url, receiver, defaults={"max_age": "1h"}, source_failure_alert_after=3
+        )
+        watchdog = Watchdog(config)
         cycle_until(watchdog, lambda o: fresh in o.statuses and late in o.statuses)
         before = len(receiver.requests())
 
         own.stop()
-        down = [watchdog.run_cycle() for _ in range(3)]
+        down = [watchdog.run_cycle() for _ in range(2)]
         during = len(receiver.requests())
+        down.append(watchdog.run_cycle())
+        own_alert = [r.json() for r in receiver.requests("/hook")][-1]
 
         own.start()
         own.wait_for_targets_up()
@@ -160,7 +165,19 @@ def test_stopped_prometheus_makes_pipelines_unknown_without_false_alerts(
     assert {s.state for o in down for s in o.statuses.values()} == {FreshnessState.unknown}
     assert down[-1].statuses[late].last_success == back.statuses[late].last_success
     assert during == before
-    assert len(receiver.requests()) == before
+    assert own_alert["status"] == "firing"
+    assert own_alert["summary"] == "cannot evaluate pipelines"
+    assert own_alert["alerts"][0]["pipeline"] is None
+    assert own_alert["alerts"][0]["check"] == "source"
+    assert (
+        "failed 3 times in a row (unavailable: connection refused)"
+        in (own_alert["alerts"][0]["summary"])
+    )
+    after = [r.json() for r in receiver.requests("/hook")][-1]
+    assert after["status"] == "resolved"
+    assert after["alerts"][0]["check"] == "source"
+    # Besides the watchdog's own alert and its resolution, nothing was sent.
+    assert len(receiver.requests()) == before + 4
     assert back.statuses[fresh].state is FreshnessState.fresh
     assert back.statuses[late].state is FreshnessState.stale
     assert len(naming(receiver.requests("/hook"), late, "firing")) == 1
