@@ -429,6 +429,172 @@ class PrometheusServer(PromQLServer):
         return {sample["metric"].get("instance", "") for sample in samples}
 
 
+@dataclass(frozen=True)
+class CertificateFiles:
+    """PEM files of a private CA, a server certificate for 127.0.0.1 and a client
+    certificate, both signed by that CA; keys are unencrypted."""
+
+    ca_file: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+# X.509 extensions per certificate, as ``openssl x509 -extfile`` reads them.
+_CA_EXTENSIONS = """\
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+"""
+_SERVER_EXTENSIONS = """\
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1
+authorityKeyIdentifier = keyid
+"""
+_CLIENT_EXTENSIONS = """\
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+authorityKeyIdentifier = keyid
+"""
+
+
+def make_certificates(directory: Path, days: int = 2) -> CertificateFiles:
+    """Create a CA and certificates signed by it with the ``openssl`` command line tool.
+
+    EC P-256 keys, so that it takes milliseconds; ``days`` keeps them short-lived.
+    """
+    openssl = require_binary("openssl", "openssl")
+    directory.mkdir(parents=True, exist_ok=True)
+    files = CertificateFiles(
+        ca_file=directory / "ca.crt",
+        server_cert=directory / "server.crt",
+        server_key=directory / "server.key",
+        client_cert=directory / "client.crt",
+        client_key=directory / "client.key",
+    )
+
+    ca_key = directory / "ca.key"
+    _sign(openssl, directory, "testbed CA", ca_key, files.ca_file, _CA_EXTENSIONS, days)
+    issuer = (files.ca_file, ca_key)
+    server = ("127.0.0.1", files.server_key, files.server_cert, _SERVER_EXTENSIONS)
+    client = ("pipeline-watchdog", files.client_key, files.client_cert, _CLIENT_EXTENSIONS)
+    for subject, key, cert, extensions in (server, client):
+        _sign(openssl, directory, subject, key, cert, extensions, days, issuer)
+    return files
+
+
+def _sign(
+    openssl: str,
+    directory: Path,
+    subject: str,
+    key: Path,
+    cert: Path,
+    extensions: str,
+    days: int,
+    issuer: tuple[Path, Path] | None = None,
+) -> None:
+    """Make a new key and a certificate for it, signed by ``issuer`` or by itself."""
+    request = cert.with_suffix(".csr")
+    extfile = cert.with_suffix(".ext")
+    extfile.write_text(extensions)
+    _openssl(
+        openssl, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-nodes", "-keyout", key, "-subj", f"/CN={subject}", "-out", request,
+    )  # fmt: skip
+
+    signing = ["-signkey", str(key)]
+    if issuer is not None:
+        signing = ["-CA", str(issuer[0]), "-CAkey", str(issuer[1])]
+    _openssl(
+        openssl, "x509", "-req", "-in", request, *signing, "-days", str(days),
+        "-set_serial", str(int.from_bytes(os.urandom(8), "big")),
+        "-extfile", extfile, "-out", cert,
+    )  # fmt: skip
+
+
+def _openssl(*args: str | Path) -> None:
+    result = subprocess.run(
+        [str(arg) for arg in args], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, args[:2]))} failed: {result.stderr.strip()}")
+
+
+@dataclass(frozen=True)
+class BasicAuthUser:
+    """A user for Prometheus's web config, which stores only the bcrypt hash."""
+
+    username: str
+    password: str
+    bcrypt_hash: str
+
+
+# The example of Prometheus's basic-auth guide: the bcrypt hash of the password "test".
+# https://prometheus.io/docs/guides/basic-auth/
+PROMETHEUS_GUIDE_USER = BasicAuthUser(
+    "admin", "test", "$2b$12$hNf2lSsxfm0.i4a.1kVpSOVyBCfIB51VRjgBUyv6kdnyTlgWj81Ay"
+)
+
+
+class TLSPrometheusServer(PrometheusServer):
+    """A PrometheusServer serving HTTPS through ``--web.config.file``, optionally behind
+    basic auth and asking for a client certificate signed by the same CA.
+
+    The testbed's own requests (readiness, :meth:`query`) trust the CA and carry the
+    user's credentials and the client certificate.
+    https://prometheus.io/docs/prometheus/latest/configuration/https/
+    """
+
+    def __init__(
+        self,
+        work_dir: Path,
+        certificates: CertificateFiles,
+        targets: Sequence[str | ScrapeTarget] = (),
+        *,
+        user: BasicAuthUser | None = None,
+        require_client_cert: bool = False,
+        extra_args: Sequence[str] = (),
+        port: int | None = None,
+        name: str = "tls-prometheus",
+    ) -> None:
+        super().__init__(work_dir, targets, extra_args=extra_args, port=port, name=name)
+        self.certificates = certificates
+        self.user = user
+        self.require_client_cert = require_client_cert
+        self.web_config_path = self.work_dir / f"{name}-web.yml"
+
+        self.http.verify = str(certificates.ca_file)
+        self.http.cert = (str(certificates.client_cert), str(certificates.client_key))
+        if user is not None:
+            self.http.auth = (user.username, user.password)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def web_config(self) -> dict[str, Any]:
+        tls: dict[str, Any] = {
+            "cert_file": str(self.certificates.server_cert),
+            "key_file": str(self.certificates.server_key),
+        }
+        if self.require_client_cert:
+            tls["client_auth_type"] = "RequireAndVerifyClientCert"
+            tls["client_ca_file"] = str(self.certificates.ca_file)
+
+        config: dict[str, Any] = {"tls_server_config": tls}
+        if self.user is not None:
+            config["basic_auth_users"] = {self.user.username: self.user.bcrypt_hash}
+        return config
+
+    def command(self) -> list[str]:
+        self.web_config_path.write_text(yaml.safe_dump(self.web_config(), sort_keys=False))
+        return [*super().command(), f"--web.config.file={self.web_config_path}"]
+
+
 class PushgatewayServer(HTTPServerProcess):
     """A Pushgateway persisting to ``<work_dir>/<name>.data``.
 

@@ -125,6 +125,20 @@ def test_check_reports_a_missing_expected_pipeline(prometheus: PrometheusServer,
     assert absent["state"] == "missing"
 
 
+def test_check_that_finds_no_pipeline_at_all_is_an_error(
+    prometheus: PrometheusServer, write_config
+) -> None:
+    config = write_config({"prometheus": {"url": prometheus.url}, "metric": "ml_pipeline_typo"})
+
+    result = run_cli("check", "--config", str(config))
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "pipeline-watchdog: no pipelines found: no series of ml_pipeline_typo with a pipeline "
+        "label, and none listed under pipelines"
+    ]
+
+
 def test_check_exits_2_with_one_line_when_prometheus_is_unreachable(write_config) -> None:
     config = write_config({"prometheus": {"url": f"http://127.0.0.1:{free_port()}"}})
 
@@ -143,7 +157,7 @@ def test_validate_accepts_a_good_config(write_config) -> None:
     result = run_cli("validate", "--config", str(config))
 
     assert result.returncode == 0
-    assert "valid (1 pipelines, 0 receivers)" in result.stdout
+    assert "valid (1 pipeline entry, 0 checks, 0 receivers)" in result.stdout
 
 
 def test_validate_names_each_bad_field_without_a_traceback(write_config) -> None:

@@ -250,3 +250,13 @@ def test_discovery_regex_problems_name_the_index(write_config) -> None:
     found = problems(write_config({"discovery": {"exclude": ["ok", "("]}}))
 
     assert found[0].startswith("discovery.exclude: invalid regular expression '('")
+
+
+def test_environment_list_that_is_not_json_is_one_line(
+    write_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WATCHDOG_PIPELINES", '[{"name": ')
+
+    found = problems(write_config({}))
+
+    assert found == ["pipelines: WATCHDOG_PIPELINES from the environment is not valid JSON"]

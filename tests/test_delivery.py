@@ -115,3 +115,24 @@ def test_one_receiver_failing_does_not_hold_back_another(clock) -> None:
 
     assert down.delivered == []
     assert len(up.delivered) == 1
+
+
+def test_a_defect_while_sending_drops_that_notification_and_keeps_the_queue_moving(
+    clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(ScriptedReceiver):
+        def send(self, notification: Notification) -> None:
+            if notification.status is AlertStatus.firing:
+                raise ValueError("year 58895 is out of range")
+            super().send(notification)
+
+    broken = Broken("r")
+    metrics = WatchdogMetrics(["r"])
+    dispatcher = Dispatcher([broken], metrics, clock)
+
+    dispatcher.submit([event(AlertStatus.firing), event(AlertStatus.resolved)], clock())
+    dispatcher.deliver_due()
+
+    assert [n.status for n in broken.delivered] == [AlertStatus.resolved]
+    assert sent(metrics, "r", "failed") == 1
+    assert "internal error: ValueError" in caplog.text

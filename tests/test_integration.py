@@ -156,6 +156,9 @@ def test_stopped_prometheus_makes_pipelines_unknown_without_false_alerts_then_sa
         during = len(receiver.requests())
         down.append(watchdog.run_cycle())
         own_alert = [r.json() for r in receiver.requests("/hook")][-1]
+        registry = watchdog.metrics.registry
+        unknown_count = registry.get_sample_value("ml_watchdog_pipelines", {"state": "unknown"})
+        late_gauge = registry.get_sample_value("ml_watchdog_pipeline_stale", {"pipeline": late})
 
         own.start()
         own.wait_for_targets_up()
@@ -165,6 +168,8 @@ def test_stopped_prometheus_makes_pipelines_unknown_without_false_alerts_then_sa
     assert {s.state for o in down for s in o.statuses.values()} == {FreshnessState.unknown}
     assert down[-1].statuses[late].last_success == back.statuses[late].last_success
     assert during == before
+    assert unknown_count is not None and unknown_count >= 2
+    assert late_gauge == 1  # the last known value, not a false recovery
     assert own_alert["status"] == "firing"
     assert own_alert["summary"] == "cannot evaluate pipelines"
     assert own_alert["alerts"][0]["pipeline"] is None
@@ -181,7 +186,6 @@ def test_stopped_prometheus_makes_pipelines_unknown_without_false_alerts_then_sa
     assert back.statuses[fresh].state is FreshnessState.fresh
     assert back.statuses[late].state is FreshnessState.stale
     assert len(naming(receiver.requests("/hook"), late, "firing")) == 1
-    registry = watchdog.metrics.registry
     assert registry.get_sample_value("ml_watchdog_evaluations_total", {"result": "error"}) == 3
     assert (
         registry.get_sample_value("ml_watchdog_query_errors_total", {"kind": "unavailable"}) == 3

@@ -1,8 +1,9 @@
 import json
+from dataclasses import replace
 
 from watchdog.alerts import AlertEvent, AlertStatus
 from watchdog.freshness import FreshnessState, PipelineStatus
-from watchdog.notifications import Notification, describe, slack_body, webhook_body
+from watchdog.notifications import Notification, describe, headline, slack_body, webhook_body
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 
@@ -84,7 +85,7 @@ def test_webhook_body_carries_the_documented_fields() -> None:
         "status": "firing",
         "receiver": "ops",
         "created_at": "2027-01-15T08:00:00Z",
-        "summary": "1 pipeline late: feature-build",
+        "summary": "1 pipeline stale: feature-build",
         "alerts": [
             {
                 "pipeline": "feature-build",
@@ -133,7 +134,7 @@ def test_slack_message_has_text_fallback_and_escapes_names() -> None:
 
     body = slack_body(notification(event))
 
-    assert body["text"].startswith(":red_circle: 1 pipeline late: &lt;b&gt;&amp;co&lt;/b&gt;")
+    assert body["text"].startswith(":red_circle: 1 pipeline stale: &lt;b&gt;&amp;co&lt;/b&gt;")
     assert "last success 3h 12m ago, threshold 2h" in body["text"]
     section = body["blocks"][1]["text"]["text"]
     assert "*&lt;b&gt;&amp;co&lt;/b&gt;*" in section
@@ -149,5 +150,20 @@ def test_slack_message_stays_within_block_limit() -> None:
     assert len(body["blocks"]) <= 50
     assert body["blocks"][-1]["elements"][0]["text"] == "…and 80 more"
     assert body["text"].startswith(
-        ":red_circle: 120 pipelines late: p0, p1, p2, p3, p4 and 115 more"
+        ":red_circle: 120 pipelines stale: p0, p1, p2, p3, p4 and 115 more"
     )
+
+
+def test_headline_counts_states_when_they_differ() -> None:
+    missing = replace(stale("b"), state=FreshnessState.missing)
+    events = [AlertEvent(AlertStatus.firing, s, NOW) for s in (stale("a"), missing, stale("c"))]
+
+    assert headline(notification(*events)) == "3 pipelines late (2 stale, 1 missing): a, b, c"
+
+
+def test_time_beyond_the_calendar_renders_as_null_not_a_crash() -> None:
+    event = AlertEvent(AlertStatus.firing, replace(stale(), last_success=NOW * 1e6), NOW)
+
+    body = webhook_body(notification(event))
+
+    assert body["alerts"][0]["last_success"] is None

@@ -8,6 +8,7 @@ the port taken).  Errors are one line on stderr, never a traceback.
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -27,6 +28,15 @@ EXIT_ERROR = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (``check | head``): not an error of ours, and no traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
@@ -79,8 +89,9 @@ def _configure_logging(settings: Settings) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # APScheduler logs every job run at INFO: that is the daemon's heartbeat, not news.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # APScheduler logs every job run at INFO, and a skipped run at WARNING, which the
+    # daemon reports in its own words; its errors still come through.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
@@ -126,7 +137,12 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(_as_table(statuses))  # noqa: T201
     if not statuses:
-        _error("no pipelines found: no series of " + settings.metric)
+        # Most often a misspelt metric or label, or the wrong Prometheus: not "all fresh".
+        _error(
+            f"no pipelines found: no series of {settings.metric} with a "
+            f"{settings.pipeline_label} label, and none listed under pipelines"
+        )
+        return EXIT_ERROR
     return EXIT_LATE if any(s.is_problem for s in statuses) else EXIT_OK
 
 
@@ -150,11 +166,17 @@ def parse_instant(text: str) -> float:
 
 
 def _validate(settings: Settings, args: argparse.Namespace) -> int:
+    pipelines, receivers = len(settings.pipelines), len(settings.receivers)
     print(  # noqa: T201
-        f"{args.config}: valid ({len(settings.pipelines)} pipelines, "
-        f"{len(settings.receivers)} receivers)"
+        f"{args.config}: valid ({_count(pipelines, 'pipeline entry', 'pipeline entries')}, "
+        f"{_count(len(settings.checks), 'check', 'checks')}, "
+        f"{_count(receivers, 'receiver', 'receivers')})"
     )
     return EXIT_OK
+
+
+def _count(number: int, one: str, many: str) -> str:
+    return f"{number} {one if number == 1 else many}"
 
 
 def _as_json(statuses: list[PipelineStatus]) -> dict[str, object]:

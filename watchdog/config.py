@@ -7,8 +7,11 @@ wins over the file.  Problems are reported as one line each, naming the field.
 """
 
 import re
+import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -17,12 +20,19 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
+    PlainValidator,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from watchdog.durations import parse_duration
 from watchdog.exceptions import ConfigError
@@ -47,18 +57,290 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Header names are RFC 9110 tokens: https://www.rfc-editor.org/rfc/rfc9110#section-5.6.2
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Header values stay printable ASCII on one line: requests refuses anything else at send
+# time, with an error that quotes the value (a secret).
+_HEADER_VALUE = re.compile(r"^[\x20-\x7e]+$")
+# Set by the client itself for the form it posts; replacing them would break the query.
+_RESERVED_HEADERS = frozenset(
+    {"connection", "content-length", "content-type", "transfer-encoding"}
+)
+
+
+@dataclass(frozen=True)
+class FileSecret:
+    """A secret read from a file when the configuration is loaded (a Kubernetes Secret
+    volume, say).  Surrounding whitespace, such as a final newline, is removed."""
+
+    path: Path
+    value: SecretStr
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def _read_secret_file(value: object) -> FileSecret:
+    if isinstance(value, FileSecret):
+        return value
+    if not isinstance(value, str | Path) or not str(value):
+        raise ValueError("must be a file path")
+
+    path = Path(value)
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot read {str(path)!r}: not UTF-8 text") from None
+
+    if not text:
+        raise ValueError(f"{str(path)!r} is empty")
+    return FileSecret(path, SecretStr(text))
+
+
+def _text_only(value: object) -> object:
+    # YAML reads an unquoted 0123 as the number 83: refuse numbers rather than guess.
+    if not isinstance(value, str | SecretStr):
+        raise ValueError("must be a string (quote it in YAML)")
+    return value
+
+
+def _header_value(secret: SecretStr) -> SecretStr:
+    text = secret.get_secret_value().strip()
+    if not text:
+        raise ValueError("must not be empty")
+    if not _HEADER_VALUE.match(text):
+        raise ValueError("must be printable ASCII on one line (it is sent in an HTTP header)")
+    return SecretStr(text)
+
+
+def _header_file(secret: FileSecret) -> FileSecret:
+    if not _HEADER_VALUE.match(secret.value.get_secret_value()):
+        raise ValueError(
+            f"{str(secret.path)!r} must hold printable ASCII on one line "
+            "(it is sent in an HTTP header)"
+        )
+    return secret
+
+
+def _non_empty(secret: SecretStr) -> SecretStr:
+    if not secret.get_secret_value():
+        raise ValueError("must not be empty")
+    return secret
+
+
+SecretFile = Annotated[FileSecret, PlainValidator(_read_secret_file), PlainSerializer(str)]
+HeaderSecret = Annotated[SecretStr, BeforeValidator(_text_only), AfterValidator(_header_value)]
+HeaderSecretFile = Annotated[SecretFile, AfterValidator(_header_file)]
+Password = Annotated[SecretStr, BeforeValidator(_text_only), AfterValidator(_non_empty)]
+
+
+def _readable(path: Path) -> Path:
+    try:
+        with path.open("rb") as file:
+            file.read(1)
+    except OSError as exc:
+        raise ValueError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    return path
+
+
+ReadableFile = Annotated[Path, AfterValidator(_readable)]
+
+
+class BasicAuthConfig(_Section):
+    """HTTP basic authentication; the password inline or from a file."""
+
+    username: Annotated[str, Field(min_length=1)]
+    password: Password | None = None
+    password_file: SecretFile | None = None
+
+    @field_validator("username")
+    @classmethod
+    def _no_colon(cls, username: str) -> str:
+        # RFC 7617: the user-id ends at the first colon.
+        if ":" in username or not username.isprintable():
+            raise ValueError("must be printable and hold no ':'")
+        return username
+
+    @model_validator(mode="after")
+    def _one_password(self) -> "BasicAuthConfig":
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError("set exactly one of password and password_file")
+        return self
+
+    def resolve_password(self) -> str:
+        if self.password_file is not None:
+            return self.password_file.value.get_secret_value()
+        assert self.password is not None  # guaranteed by _one_password
+        return self.password.get_secret_value()
+
+
+class TLSConfig(_Section):
+    """How to check the server's certificate, and the client certificate to show it.
+
+    Verification is on unless ``insecure_skip_verify``; without ``ca_file`` the
+    server must present a certificate from a public CA (the bundle requests uses).
+    The files are checked when the configuration is loaded and read again by each
+    new connection, so a renewed certificate is picked up without a restart.
+    """
+
+    ca_file: ReadableFile | None = None
+    cert_file: ReadableFile | None = None
+    key_file: ReadableFile | None = None
+    insecure_skip_verify: bool = False
+
+    @field_validator("ca_file")
+    @classmethod
+    def _pem_bundle(cls, path: Path) -> Path:
+        try:
+            ssl.create_default_context(cafile=str(path))
+        except (ssl.SSLError, ValueError):
+            raise ValueError(f"no PEM certificate in {str(path)!r}") from None
+        return path
+
+    @model_validator(mode="after")
+    def _key_pair(self) -> "TLSConfig":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("set cert_file and key_file together")
+        if self.cert_file is not None and self.key_file is not None:
+            _check_key_pair(self.cert_file, self.key_file)
+        return self
+
+    @property
+    def in_use(self) -> bool:
+        return self != TLSConfig()
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _refuse_passphrase() -> str:
+    # Without a callback OpenSSL would ask for the passphrase on the terminal.
+    raise _EncryptedKey
+
+
+def _check_key_pair(cert_file: Path, key_file: Path) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_cert_chain(cert_file, key_file, password=_refuse_passphrase)
+    except _EncryptedKey:
+        raise ValueError(
+            f"key_file {str(key_file)!r} is encrypted; give a key without a passphrase"
+        ) from None
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            raise ValueError("key_file does not match cert_file") from None
+        raise ValueError(
+            "cert_file and key_file must be a PEM certificate and its PEM private key"
+        ) from None
+
+
 class PrometheusConfig(_Section):
-    """Where to query, and how long one query may take."""
+    """Where to query, how long one query may take, and how to authenticate.
+
+    Secrets (``bearer_token``, ``basic_auth.password``, header values) are
+    ``SecretStr`` and each has a ``*_file`` twin read at load time.  Credentials in
+    the URL (``https://user:pass@host``) move to ``basic_auth``, so that the URL
+    itself never holds a secret.
+    """
 
     url: str = "http://127.0.0.1:9090"
     timeout: PositiveDuration = 10.0
+    headers: dict[str, HeaderSecret] = {}
+    header_files: dict[str, HeaderSecretFile] = {}
+    bearer_token: HeaderSecret | None = None
+    bearer_token_file: HeaderSecretFile | None = None
+    basic_auth: BasicAuthConfig | None = None
+    tls: TLSConfig = TLSConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_from_url(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        parts = urlsplit(data["url"])
+        if "@" not in parts.netloc:
+            return data
+
+        userinfo, _, host = parts.netloc.rpartition("@")
+        username, has_password, password = userinfo.partition(":")
+        if not has_password or data.get("basic_auth") is not None:
+            return data  # _http_url says what is wrong, under the url's name
+        url = urlunsplit(parts._replace(netloc=host))
+        basic_auth = {"username": unquote(username), "password": unquote(password)}
+        return {**data, "url": url, "basic_auth": basic_auth}
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str) -> str:
         if not re.match(r"^https?://[^/\s]+", url):
             raise ValueError("must be an http:// or https:// URL")
+
+        # Credentials _credentials_from_url left in place; never echo them.
+        userinfo, at, _ = urlsplit(url).netloc.rpartition("@")
+        if at and ":" not in userinfo:
+            raise ValueError("has a user name without a password; use basic_auth")
+        if at:
+            raise ValueError("holds credentials and basic_auth is set too; keep one")
         return url.rstrip("/")
+
+    @field_validator("headers", "header_files")
+    @classmethod
+    def _header_names(cls, headers: dict[str, Any]) -> dict[str, Any]:
+        for name in headers:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"invalid header name {name!r}")
+            if name.lower() in _RESERVED_HEADERS:
+                raise ValueError(f"{name} is set by the watchdog itself")
+        return headers
+
+    @model_validator(mode="after")
+    def _one_way_each(self) -> "PrometheusConfig":
+        if self.bearer_token is not None and self.bearer_token_file is not None:
+            raise ValueError("set only one of bearer_token and bearer_token_file")
+        if self.basic_auth is not None and self._bearer_token() is not None:
+            raise ValueError("set only one of bearer_token and basic_auth")
+
+        named = [name.lower() for name in [*self.headers, *self.header_files]]
+        twice = sorted({name for name in named if named.count(name) > 1})
+        if twice:
+            raise ValueError(f"header {twice[0]!r} is set in both headers and header_files")
+        if "authorization" in named and (self.basic_auth or self._bearer_token()):
+            raise ValueError("Authorization is set in headers and by bearer_token or basic_auth")
+
+        if self.tls.in_use and not self.url.startswith("https://"):
+            raise ValueError("tls only applies to an https:// url")
+        return self
+
+    def request_headers(self) -> dict[str, str]:
+        """Every header to send with a query, credentials included: keep it out of logs."""
+        headers = {name: value.get_secret_value() for name, value in self.headers.items()}
+        for name, secret in self.header_files.items():
+            headers[name] = secret.value.get_secret_value()
+
+        token = self._bearer_token()
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    def secret_values(self) -> list[str]:
+        """Every secret as sent, so that the client can keep them out of what it reports."""
+        values = list(self.request_headers().values())
+        token = self._bearer_token()
+        if token is not None:
+            values.append(token)
+        if self.basic_auth is not None:
+            values.append(self.basic_auth.resolve_password())
+        return values
+
+    def _bearer_token(self) -> str | None:
+        if self.bearer_token_file is not None:
+            return self.bearer_token_file.value.get_secret_value()
+        if self.bearer_token is not None:
+            return self.bearer_token.get_secret_value()
+        return None
 
 
 TimestampUnit = Literal["seconds", "milliseconds", "microseconds", "nanoseconds"]
@@ -361,6 +643,13 @@ def load_settings(path: Path | str) -> Settings:
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError([_describe(error) for error in exc.errors()]) from None
+    except SettingsError as exc:
+        # Raised for an environment variable whose value should be JSON but is not.
+        field = re.search(r'field "([^"]+)"', str(exc))
+        name = field.group(1) if field else "a setting"
+        raise ConfigError(
+            [f"{name}: WATCHDOG_{name.upper()} from the environment is not valid JSON"]
+        ) from None
 
     _check_url_files(settings)
     return settings

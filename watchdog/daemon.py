@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime
 from types import FrameType
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -74,6 +75,7 @@ class Daemon:
             misfire_grace_time=None,
             next_run_time=datetime.now(UTC),
         )
+        self.scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
         self.scheduler.start()
         log.info(
             "pipeline-watchdog %s started: prometheus=%s every %gs, %d expected pipelines, "
@@ -85,6 +87,15 @@ class Daemon:
             len(self.settings.receivers),
             parse_listen(self.settings.listen)[0],
             self.server.port,
+        )
+
+    def _skipped(self, event: object) -> None:
+        # APScheduler runs at most one cycle at a time; say plainly when one is dropped.
+        self.watchdog.metrics.evaluations.labels("skipped").inc()
+        log.warning(
+            "evaluation skipped: the previous cycle is still running after %gs "
+            "(a slow Prometheus or receiver)",
+            self.settings.evaluation_interval,
         )
 
     def stop(self) -> None:

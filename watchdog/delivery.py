@@ -85,6 +85,11 @@ class Dispatcher:
             receiver.send(notification)
         except DeliveryError as exc:
             return self._failed(receiver.name, pending, exc)
+        except Exception as exc:
+            # A defect in rendering must not wedge the queue behind this notification.
+            log.exception("notification could not be built: receiver=%s", receiver.name)
+            reason = f"internal error: {type(exc).__name__}"
+            return self._failed(receiver.name, pending, DeliveryError(reason, permanent=True))
 
         self._metrics.notifications.labels(receiver.name, "sent").inc()
         log.info(

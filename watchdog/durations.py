@@ -71,8 +71,11 @@ def format_duration(seconds: float) -> str:
 
 
 def iso_time(timestamp: float | None) -> str | None:
-    """ISO 8601 in UTC with a ``Z``, or None."""
+    """ISO 8601 in UTC with a ``Z``; None for None or a time no calendar can show."""
     if timestamp is None:
         return None
-    moment = datetime.fromtimestamp(timestamp, tz=UTC)
+    try:
+        moment = datetime.fromtimestamp(timestamp, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None  # beyond year 9999 or NaN: such a value is reported as invalid anyway
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -6,7 +6,8 @@ Everything the watchdog raises on purpose derives from :class:`WatchdogError`:
 - :class:`SourceError`: Prometheus could not answer a query.  Its subclasses tell a
   source that cannot be reached (:class:`SourceUnavailable`) from one that answered
   with an error (:class:`QueryFailed`) or with something that is not a valid answer
-  (:class:`InvalidResponse`).
+  (:class:`InvalidResponse`).  Each carries a ``kind``, one of
+  :data:`SOURCE_ERROR_KINDS`, fit for a metric label.
 - :class:`DeliveryError`: a notification did not reach its receiver; ``permanent``
   says whether trying again can help.
 
@@ -27,6 +28,16 @@ class ConfigError(WatchdogError):
         super().__init__("; ".join(problems))
 
 
+# Every ``kind`` a SourceError can have, for metric labels:
+# - unavailable: no connection (refused, DNS, TLS handshake or certificate), or a proxy
+#   in front of the server answered 502/503;
+# - timeout: no answer within ``prometheus.timeout`` (or a proxy answered 504);
+# - unauthorized: HTTP 401 or 403, the credentials are missing or refused;
+# - query_error: the server answered an API error (``QueryFailed.error_type`` says which);
+# - invalid_response: the answer is not a query result (wrong URL, not Prometheus).
+SOURCE_ERROR_KINDS = ("unavailable", "timeout", "unauthorized", "query_error", "invalid_response")
+
+
 class SourceError(WatchdogError):
     """A query to Prometheus did not produce a usable result."""
 
@@ -34,15 +45,35 @@ class SourceError(WatchdogError):
 
 
 class SourceUnavailable(SourceError):
-    """Prometheus could not be reached, or timed out."""
+    """Prometheus could not be reached (``unavailable``), or did not answer in time
+    (``timeout``)."""
 
     kind = "unavailable"
 
+    def __init__(self, reason: str, *, timed_out: bool = False) -> None:
+        super().__init__(reason)
+        self.timed_out = timed_out
+        self.kind = "timeout" if timed_out else "unavailable"
+
 
 class QueryFailed(SourceError):
-    """Prometheus answered with an error status."""
+    """Prometheus answered with an error status.
+
+    ``error_type`` is the API's ``errorType`` (``bad_data``, ``execution``,
+    ``timeout``, ``canceled``, ...), or ``unauthorized`` / ``forbidden`` for HTTP
+    401 / 403, whose ``kind`` is ``unauthorized`` rather than ``query_error``.
+    """
 
     kind = "query_error"
+
+    def __init__(
+        self, reason: str, *, error_type: str = "unknown", status_code: int | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.error_type = error_type
+        self.status_code = status_code
+        if error_type in ("unauthorized", "forbidden"):
+            self.kind = "unauthorized"
 
 
 class InvalidResponse(SourceError):

@@ -26,15 +26,26 @@ class PipelineCollector(Collector):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._statuses: tuple[PipelineStatus, ...] = ()
+        self._unknown = False
 
     def update(self, statuses: Iterable[PipelineStatus]) -> None:
         snapshot = tuple(statuses)
         with self._lock:
             self._statuses = snapshot
+            self._unknown = False
+
+    def mark_unknown(self) -> None:
+        """The last query failed: count every pipeline as unknown, keep the last values.
+
+        Per-pipeline gauges keep the last successful evaluation's values, so a
+        dashboard does not show an outage of Prometheus as a recovery.
+        """
+        with self._lock:
+            self._unknown = True
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            statuses = self._statuses
+            statuses, unknown = self._statuses, self._unknown
 
         main = [s for s in statuses if s.check == LAST_SUCCESS]
         yield from _pipeline_families(main)
@@ -46,7 +57,11 @@ class PipelineCollector(Collector):
             labels=["state"],
         )
         for state in FreshnessState:
-            per_state.add_metric([state.value], sum(1 for s in main if s.state is state))
+            if unknown:
+                count = len(main) if state is FreshnessState.unknown else 0
+            else:
+                count = sum(1 for s in main if s.state is state)
+            per_state.add_metric([state.value], count)
         yield per_state
 
 
@@ -113,7 +128,7 @@ class WatchdogMetrics:
 
         self.evaluations = Counter(
             "ml_watchdog_evaluations",
-            "Evaluation cycles, by result (success or error).",
+            "Evaluation cycles, by result (success, error, or skipped while one still ran).",
             ["result"],
             registry=self.registry,
         )
@@ -162,7 +177,7 @@ class WatchdogMetrics:
 
     def _initialise(self, receivers: Iterable[str]) -> None:
         # Series that exist from the start make rate() and absent-based alerts work.
-        for result in ("success", "error"):
+        for result in ("success", "error", "skipped"):
             self.evaluations.labels(result)
         for kind in ("unavailable", "query_error", "invalid_response"):
             self.query_errors.labels(kind)

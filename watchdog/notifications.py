@@ -8,6 +8,7 @@ open a dashboard to know what is wrong.
 """
 
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -131,19 +132,26 @@ def summarize(event: AlertEvent) -> str:
 
 
 def headline(notification: Notification) -> str:
-    """``2 pipelines late: a, b`` or ``1 pipeline recovered: a``."""
+    """``2 pipelines stale: a, b``, ``3 pipelines late (2 stale, 1 missing): …``."""
     pipelines = [e for e in notification.events if not e.is_source]
+    firing = notification.status is AlertStatus.firing
     parts = []
     if len(pipelines) < len(notification.events):
-        firing = notification.status is AlertStatus.firing
         parts.append("cannot evaluate pipelines" if firing else "evaluating pipelines again")
     if pipelines:
         names = [subject(event.pipeline) for event in pipelines]
         count = f"{len(names)} pipeline{'s' if len(names) != 1 else ''}"
-        verb = "late" if notification.status is AlertStatus.firing else "recovered"
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        parts.append(f"{count} {verb}: {shown}")
+        parts.append(f"{count} {_verb(pipelines) if firing else 'recovered'}: {shown}")
     return "; ".join(parts)
+
+
+def _verb(events: list[AlertEvent]) -> str:
+    """The states of firing alerts: ``stale``, or ``late (2 stale, 1 missing)``."""
+    counts = Counter(str(e.pipeline.state).replace("_", " ") for e in events)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "late (" + ", ".join(f"{n} {state}" for state, n in counts.most_common()) + ")"
 
 
 def webhook_body(notification: Notification) -> dict[str, Any]:

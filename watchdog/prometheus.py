@@ -3,21 +3,48 @@
 Only instant queries are needed.  Every failure of ``requests`` or of parsing is
 translated here into a :class:`~watchdog.exceptions.SourceError`, so the rest of
 the watchdog never sees a transport exception (whose text would carry the URL).
+Reasons are one line, name no URL, and have every configured secret blanked out
+(in case a server echoes a credential back).
+
+Compatible backends answer the same API with small differences:
+
+- VictoriaMetrics (1.79, measured) puts the HTTP status in ``errorType`` (``"422"``)
+  where Prometheus names the error (``bad_data``, ``execution``, ``timeout``, ...);
+  its "timeout exceeded" errors are given the error type ``timeout`` here.
+- A **partial** answer is one the backend says may lack data because part of it
+  failed.  ``QueryResult.partial`` is true when the body has ``"isPartial": true``
+  (VictoriaMetrics cluster,
+  https://docs.victoriametrics.com/cluster-victoriametrics/#cluster-availability)
+  or when a warning contains "partial response", case-insensitively (how Thanos and
+  Mimir are expected to say it; Thanos returns partial answers with warnings,
+  https://thanos.io/tip/components/query.md/#partial-response, but documents no
+  fixed wording).  The warnings themselves are always kept.
+- A redirect is not followed: it would carry the credentials to another address.
 
 API reference: https://prometheus.io/docs/prometheus/latest/querying/api/
 """
 
+import base64
 import json
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3
+from requests.auth import HTTPBasicAuth
 
+from watchdog.config import PrometheusConfig
 from watchdog.exceptions import InvalidResponse, QueryFailed, SourceUnavailable
-from watchdog.transport import new_session, transport_reason
+from watchdog.transport import is_timeout, new_session, transport_reason
 
 log = logging.getLogger(__name__)
+
+# How much of a server's own words goes into a reason: an error message from the
+# API (VictoriaMetrics repeats the whole query in it), or the start of a plain-text body.
+_ERROR_CHARS = 300
+_EXCERPT_CHARS = 120
 
 
 @dataclass(frozen=True)
@@ -35,17 +62,41 @@ class QueryResult:
     evaluated_at: float | None  # None only for an empty vector, which carries no time
     samples: list[Sample]
     warnings: list[str]
+    partial: bool = False  # the backend says data may be missing (module docstring)
 
 
 class PrometheusClient:
     """Runs instant queries against one Prometheus-compatible server."""
 
     def __init__(
-        self, url: str, *, timeout: float, session: requests.Session | None = None
+        self,
+        url: str,
+        *,
+        timeout: float,
+        session: requests.Session | None = None,
+        secrets: Iterable[str] = (),
     ) -> None:
         self._query_url = url.rstrip("/") + "/api/v1/query"
         self._timeout = timeout
         self._session = session or new_session()
+        # Longest first, so that no part of a secret survives a shorter one inside it.
+        self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+
+    @classmethod
+    def from_config(cls, config: PrometheusConfig) -> "PrometheusClient":
+        """A client with the configuration's headers, credentials and TLS settings."""
+        session = new_session()
+        session.headers.update(config.request_headers())
+        secrets = config.secret_values()
+
+        if config.basic_auth is not None:
+            username, password = config.basic_auth.username, config.basic_auth.resolve_password()
+            # As bytes, so that a non-Latin-1 password is sent as UTF-8, not refused.
+            session.auth = HTTPBasicAuth(username.encode(), password.encode())
+            secrets.append(base64.b64encode(f"{username}:{password}".encode()).decode())
+
+        _apply_tls(session, config)
+        return cls(config.url, timeout=config.timeout, session=session, secrets=secrets)
 
     def query(self, expr: str, *, at: float | None = None) -> QueryResult:
         """Evaluate ``expr`` as an instant vector, now or at unix time ``at``."""
@@ -55,30 +106,56 @@ class PrometheusClient:
 
         try:
             # POST keeps long expressions out of URL length limits.
-            response = self._session.post(self._query_url, data=form, timeout=self._timeout)
-        except requests.Timeout:
-            raise SourceUnavailable(f"no answer within {self._timeout:g}s") from None
+            response = self._session.post(
+                self._query_url, data=form, timeout=self._timeout, allow_redirects=False
+            )
         except requests.RequestException as exc:
-            raise SourceUnavailable(transport_reason(exc)) from None
+            raise _unavailable(exc, self._timeout) from None
 
-        return parse_query_response(response.status_code, response.content)
+        return parse_query_response(response.status_code, response.content, secrets=self._secrets)
 
     def close(self) -> None:
         self._session.close()
 
 
-def parse_query_response(status_code: int, body: bytes) -> QueryResult:
+def _apply_tls(session: requests.Session, config: PrometheusConfig) -> None:
+    tls = config.tls
+    if tls.cert_file is not None and tls.key_file is not None:
+        session.cert = (str(tls.cert_file), str(tls.key_file))
+
+    if tls.ca_file is not None:
+        session.verify = str(tls.ca_file)
+    if tls.insecure_skip_verify:
+        session.verify = False
+        # urllib3 would warn on every query; this one line says it once.
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        log.warning(
+            "TLS certificate verification is off for Prometheus "
+            "(prometheus.tls.insecure_skip_verify)"
+        )
+
+
+def _unavailable(exc: requests.RequestException, timeout: float) -> SourceUnavailable:
+    if is_timeout(exc):
+        return SourceUnavailable(f"no answer within {timeout:g}s", timed_out=True)
+    return SourceUnavailable(transport_reason(exc))
+
+
+def parse_query_response(
+    status_code: int, body: bytes, *, secrets: Sequence[str] = ()
+) -> QueryResult:
     """Turn an HTTP status and body from ``/api/v1/query`` into a QueryResult.
 
-    Raises QueryFailed for an API error, InvalidResponse for anything that is
-    not a vector result.
+    Raises QueryFailed for an API error or a refused authentication,
+    InvalidResponse for anything that is not a vector result.  ``secrets`` are
+    blanked out of any text of the server's that goes into a reason.
     """
-    document = _decode(status_code, body)
+    if status_code in (401, 403):
+        raise _unauthorized(status_code, body, secrets)
+    document = _decode(status_code, body, secrets)
 
     if document.get("status") != "success":
-        error_type = document.get("errorType", "unknown")
-        error = str(document.get("error", "no error message"))
-        raise QueryFailed(f"HTTP {status_code}, {error_type}: {error}")
+        raise _api_error(status_code, document, secrets)
 
     data = document.get("data")
     if not isinstance(data, dict) or data.get("resultType") != "vector":
@@ -87,17 +164,81 @@ def parse_query_response(status_code: int, body: bytes) -> QueryResult:
 
     samples, evaluated_at = _samples(data.get("result"))
     warnings = [str(w) for w in document.get("warnings") or []]
-    return QueryResult(evaluated_at=evaluated_at, samples=samples, warnings=warnings)
+    return QueryResult(
+        evaluated_at=evaluated_at,
+        samples=samples,
+        warnings=warnings,
+        partial=_is_partial(document, warnings),
+    )
 
 
-def _decode(status_code: int, body: bytes) -> dict[str, Any]:
+def _unauthorized(status_code: int, body: bytes, secrets: Sequence[str]) -> QueryFailed:
+    said = _excerpt(body, secrets)
+    if status_code == 401:
+        reason = "HTTP 401: credentials missing or refused"
+        error_type = "unauthorized"
+    else:
+        reason = "HTTP 403: these credentials may not query"
+        error_type = "forbidden"
+    reason += f" (the server said {said!r})" if said else ""
+    return QueryFailed(reason, error_type=error_type, status_code=status_code)
+
+
+def _api_error(status_code: int, document: dict[str, Any], secrets: Sequence[str]) -> QueryFailed:
+    error_type = str(document.get("errorType", "unknown"))
+    message = str(document.get("error", "no error message"))
+
+    # VictoriaMetrics gives the HTTP status as errorType; its query timeouts say so.
+    if error_type.isdigit() and "timeout exceeded" in message:
+        error_type = "timeout"
+    error = _one_line(message, secrets, _ERROR_CHARS)
+    return QueryFailed(
+        f"HTTP {status_code}, {error_type}: {error}",
+        error_type=error_type,
+        status_code=status_code,
+    )
+
+
+def _is_partial(document: dict[str, Any], warnings: list[str]) -> bool:
+    if document.get("isPartial") is True:
+        return True
+    return any("partial response" in warning.lower() for warning in warnings)
+
+
+def _decode(status_code: int, body: bytes, secrets: Sequence[str]) -> dict[str, Any]:
     try:
         document = json.loads(body)
     except ValueError:
-        raise InvalidResponse(f"HTTP {status_code} with a body that is not JSON") from None
+        raise InvalidResponse(_not_json(status_code, body, secrets)) from None
     if not isinstance(document, dict):
         raise InvalidResponse(f"HTTP {status_code} with JSON that is not an object")
     return document
+
+
+def _not_json(status_code: int, body: bytes, secrets: Sequence[str]) -> str:
+    reason = f"HTTP {status_code} with a body that is not JSON"
+    if status_code == 404:
+        return f"{reason}: no query API here (check the path prefix of prometheus.url)"
+    if 300 <= status_code < 400:
+        return f"{reason}: a redirect (set prometheus.url to the address it points to)"
+
+    said = _excerpt(body, secrets)
+    return f"{reason} ({said!r})" if said else reason
+
+
+def _excerpt(body: bytes, secrets: Sequence[str]) -> str:
+    """The first line of a short plain-text answer; nothing for an HTML page."""
+    text = body.decode("utf-8", errors="replace").strip()
+    if not text or text.startswith("<"):
+        return ""
+    return _one_line(text.splitlines()[0], secrets)
+
+
+def _one_line(text: str, secrets: Sequence[str], limit: int = _EXCERPT_CHARS) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "<secret>")
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _samples(result: object) -> tuple[list[Sample], float | None]:

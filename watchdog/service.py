@@ -183,7 +183,11 @@ class Watchdog:
         else:
             outcome = self._evaluated(evaluation)
 
-        self.dispatcher.deliver_due()
+        try:
+            self.dispatcher.deliver_due()
+        except Exception:
+            # Keep the daemon evaluating; the defect is logged with its traceback.
+            log.exception("delivering notifications failed")
 
         finished = self.clock()
         self.metrics.evaluation_duration.observe(max(finished - started, 0.0))
@@ -203,6 +207,8 @@ class Watchdog:
 
         with self._lock:
             self._results = results
+        if self.failures_in_a_row:
+            log.info("Prometheus answers again after %d failed cycles", self.failures_in_a_row)
         self.failures_in_a_row = 0
         self.metrics.observe_statuses(results.values())
         self.metrics.evaluations.labels("success").inc()
@@ -224,6 +230,7 @@ class Watchdog:
         self.metrics.evaluations.labels("error").inc()
         self.metrics.query_errors.labels(exc.kind).inc()
         self.metrics.prometheus_up.set(0)
+        self.metrics.pipelines.mark_unknown()
 
         events = self._source_failing(exc, started)
         self.dispatcher.submit(events, started)
@@ -248,7 +255,6 @@ class Watchdog:
         if since is None:
             return []
         self._source_alert_since = None
-        log.info("evaluating pipelines again after %d failed cycles", self.failures_in_a_row)
         reason = "queries succeed again"
         return [AlertEvent(AlertStatus.resolved, self._source_status(now, reason), since)]
 
