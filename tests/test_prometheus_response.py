@@ -5,7 +5,7 @@ import math
 import pytest
 
 from watchdog.config import Settings
-from watchdog.exceptions import InvalidResponse, QueryFailed
+from watchdog.exceptions import InvalidResponse, QueryFailed, SourceUnavailable
 from watchdog.freshness import observations
 from watchdog.prometheus import QueryResult, parse_query_response
 from watchdog.queries import last_success_query
@@ -85,7 +85,7 @@ def test_api_error_becomes_query_failed_with_its_type() -> None:
     ("status", "body", "message"),
     [
         (200, MATRIX, "expected a vector result, got 'matrix'"),
-        (502, b"<html>Bad Gateway</html>", "HTTP 502 with a body that is not JSON"),
+        (500, b"<html>oops</html>", "HTTP 500 with a body that is not JSON"),
         (200, b"[1, 2]", "JSON that is not an object"),
         (
             200,
@@ -103,3 +103,9 @@ def test_query_aggregates_by_the_configured_label() -> None:
     query = last_success_query(Settings(pipeline_label="job_name"))
 
     assert query == "max by (job_name) (ml_pipeline_last_success_timestamp) or vector(time())"
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_gateway_errors_without_json_mean_the_source_is_not_there(status: int) -> None:
+    with pytest.raises(SourceUnavailable, match=f"HTTP {status}"):
+        parse_query_response(status, b"<html>Bad Gateway</html>")

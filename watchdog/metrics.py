@@ -14,6 +14,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from watchdog import __version__
+from watchdog.exceptions import SOURCE_ERROR_KINDS
 from watchdog.freshness import LAST_SUCCESS, FreshnessState, PipelineStatus
 
 # Evaluations are one HTTP query plus arithmetic: mostly well under a second.
@@ -134,13 +135,14 @@ class WatchdogMetrics:
         )
         self.query_errors = Counter(
             "ml_watchdog_query_errors",
-            "Failed Prometheus queries, by kind (unavailable, query_error, invalid_response).",
+            "Failed Prometheus queries, by kind: " + ", ".join(SOURCE_ERROR_KINDS) + ".",
             ["kind"],
             registry=self.registry,
         )
         self.query_warnings = Counter(
             "ml_watchdog_query_warnings",
-            "Query answers that carried warnings (a partial answer among them).",
+            "Query answers that carried warnings, by kind (partial or other).",
+            ["kind"],
             registry=self.registry,
         )
         self.evaluation_duration = Histogram(
@@ -179,8 +181,10 @@ class WatchdogMetrics:
         # Series that exist from the start make rate() and absent-based alerts work.
         for result in ("success", "error", "skipped"):
             self.evaluations.labels(result)
-        for kind in ("unavailable", "query_error", "invalid_response"):
+        for kind in SOURCE_ERROR_KINDS:
             self.query_errors.labels(kind)
+        for kind in ("partial", "other"):
+            self.query_warnings.labels(kind)
         for receiver in receivers:
             for result in ("sent", "failed"):
                 self.notifications.labels(receiver, result)

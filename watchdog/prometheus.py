@@ -100,7 +100,8 @@ class PrometheusClient:
 
     def query(self, expr: str, *, at: float | None = None) -> QueryResult:
         """Evaluate ``expr`` as an instant vector, now or at unix time ``at``."""
-        form = {"query": expr, "timeout": f"{self._timeout:g}s"}
+        # Whole milliseconds: Prometheus 2.x refuses fractional seconds such as "0.5s".
+        form = {"query": expr, "timeout": f"{max(round(self._timeout * 1000), 1)}ms"}
         if at is not None:
             form["time"] = f"{at:.3f}"
 
@@ -209,6 +210,10 @@ def _decode(status_code: int, body: bytes, secrets: Sequence[str]) -> dict[str, 
     try:
         document = json.loads(body)
     except ValueError:
+        if status_code in (502, 503, 504):
+            # A proxy in front, or a Prometheus still starting: the source is not there.
+            reason = _not_json(status_code, body, secrets)
+            raise SourceUnavailable(reason, timed_out=status_code == 504) from None
         raise InvalidResponse(_not_json(status_code, body, secrets)) from None
     if not isinstance(document, dict):
         raise InvalidResponse(f"HTTP {status_code} with JSON that is not an object")

@@ -79,9 +79,7 @@ class Watchdog:
         self.clock = clock
         self.rules = RuleBook(settings)
         self.metrics = metrics or WatchdogMetrics(r.name for r in settings.receivers)
-        self.client = client or PrometheusClient(
-            settings.prometheus.url, timeout=settings.prometheus.timeout
-        )
+        self.client = client or PrometheusClient.from_config(settings.prometheus)
         receivers = [build_receiver(r, new_session()) for r in settings.receivers]
         self.dispatcher = Dispatcher(receivers, self.metrics, clock)
         self.tracker = AlertTracker(self.rules.upstreams())
@@ -130,9 +128,13 @@ class Watchdog:
 
     def _query(self, expr: str, at: float | None) -> QueryResult:
         result = self.client.query(expr, at=at)
+        if result.warnings:
+            self.metrics.query_warnings.labels("partial" if result.partial else "other").inc()
         for warning in result.warnings:
-            self.metrics.query_warnings.inc()
             log.warning("Prometheus warned about a query: %s", warning)
+        if result.partial:
+            # Data may be missing: pipelines that are absent could look missing.
+            log.warning("Prometheus says the answer is partial; states may be incomplete")
         return result
 
     def _reduce(
