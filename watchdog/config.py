@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import yaml
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -356,6 +357,10 @@ class PipelineDefaults(_Section):
     timestamp_unit: TimestampUnit = "seconds"
     future_tolerance: Duration = 300.0
     labels: dict[str, str] = {}
+    for_: Annotated[Duration, Field(alias="for")] = 0.0
+    warn_after: PositiveDuration | None = None
+    keep_firing_for: Duration = 0.0
+    repeat_interval: Duration = 14400.0
 
     @field_validator("timezone")
     @classmethod
@@ -387,6 +392,10 @@ class PipelineConfig(_Section):
     timestamp_unit: TimestampUnit | None = None
     labels: dict[str, str] = {}
     depends_on: list[str] = []
+    for_: Annotated[Duration | None, Field(alias="for")] = None
+    warn_after: PositiveDuration | None = None
+    keep_firing_for: Duration | None = None
+    repeat_interval: Duration | None = None
 
     @field_validator("match")
     @classmethod
@@ -472,11 +481,33 @@ def _check_label_names(labels: dict[str, str]) -> dict[str, str]:
     return labels
 
 
+Severity = Literal["warning", "critical"]
+
+
+class RouteMatch(_Section):
+    """Which alerts a receiver gets; every condition given must hold."""
+
+    pipelines: list[str] = []
+    pipeline_regex: str | None = None
+    severity: list[Severity] = []
+    labels: dict[str, str] = {}
+
+    @field_validator("pipeline_regex")
+    @classmethod
+    def _regex(cls, pattern: str) -> str:
+        return _check_regex(pattern)
+
+
 class _ReceiverConfig(_Section):
     name: Annotated[str, Field(min_length=1)]
     url: SecretStr | None = None
     url_file: Path | None = None
     timeout: PositiveDuration = 10.0
+    send_resolved: bool = True
+    match: RouteMatch | None = None
+    default: bool = False
+    group_by: list[str] = []
+    max_alerts: Annotated[int, Field(ge=1, le=1000)] = 40
 
     @field_validator("url")
     @classmethod
@@ -488,6 +519,8 @@ class _ReceiverConfig(_Section):
     def _one_url(self) -> "_ReceiverConfig":
         if (self.url is None) == (self.url_file is None):
             raise ValueError("set exactly one of url and url_file")
+        if self.default and self.match is not None:
+            raise ValueError("a default receiver takes what no other receiver matched: no match")
         return self
 
     def resolve_url(self) -> str:
@@ -521,6 +554,63 @@ ReceiverConfig = Annotated[
 ]
 
 
+class StateConfig(_Section):
+    """Where alert state and silences are kept across restarts (a SQLite file)."""
+
+    path: Path = Path("/var/lib/pipeline-watchdog/state.db")
+
+
+class ApiConfig(_Section):
+    """The token that protects the HTTP API's writes; without one they are disabled."""
+
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_token(self) -> "ApiConfig":
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set only one of token and token_file")
+        return self
+
+    def resolve_token(self) -> str | None:
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is not None:
+            return self.token_file.read_text(encoding="utf-8").strip()
+        return None
+
+
+class MatcherConfig(_Section):
+    """One label matcher of a silence, as in Alertmanager: name, value, regex, equality."""
+
+    name: Annotated[str, Field(min_length=1)]
+    value: str
+    is_regex: bool = False
+    is_equal: bool = True
+
+    @model_validator(mode="after")
+    def _valid_regex(self) -> "MatcherConfig":
+        if self.is_regex:
+            _check_regex(self.value)
+        return self
+
+
+class SilenceConfig(_Section):
+    """A silence written in the configuration: matching alerts send nothing meanwhile."""
+
+    matchers: Annotated[list[MatcherConfig], Field(min_length=1)]
+    starts_at: AwareDatetime | None = None
+    ends_at: AwareDatetime
+    comment: Annotated[str, Field(min_length=1)]
+    created_by: str = "config"
+
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> "SilenceConfig":
+        if self.starts_at is not None and self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        return self
+
+
 class Settings(BaseSettings):
     """The whole configuration of one watchdog."""
 
@@ -545,6 +635,9 @@ class Settings(BaseSettings):
     pipelines: list[PipelineConfig] = []
     checks: list[CheckConfig] = []
     receivers: list[ReceiverConfig] = []
+    state: StateConfig = StateConfig()
+    api: ApiConfig = ApiConfig()
+    silences: list[SilenceConfig] = []
 
     @classmethod
     def settings_customise_sources(
