@@ -168,7 +168,7 @@ def test_missing_file_is_reported(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
-        ("listen", "9309", "listen: invalid listen address '9309' (expected host:port)"),
+        ("listen", "9309", "listen: invalid listen address '9309' (expected host:port"),
         ("pipeline_label", "pipe-line", "pipeline_label: invalid label name 'pipe-line'"),
         ("metric", "bad metric", "metric: invalid metric name 'bad metric'"),
         ("prometheus", {"url": "localhost:9090"}, "prometheus.url: must be an http"),
@@ -260,3 +260,51 @@ def test_environment_list_that_is_not_json_is_one_line(
     found = problems(write_config({}))
 
     assert found == ["pipelines: WATCHDOG_PIPELINES from the environment is not valid JSON"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"listen: \xff\n", "not UTF-8 text"),
+        (b"1: 2\n", "setting names must be text, not 1"),
+        (b"evaluation_interval: " + b"9" * 5000 + b"\n", "invalid YAML"),
+        (b"evaluation_interval: " + b"9" * 400 + b"\n", "longer than 10 years"),
+        (b"evaluation_interval: 1e15\n", "longer than 10 years"),
+    ],
+)
+def test_hostile_files_are_one_line_errors(tmp_path: Path, content: bytes, expected: str) -> None:
+    path = tmp_path / "watchdog.yaml"
+    path.write_bytes(content)
+
+    found = problems(path)
+
+    assert len(found) == 1
+    assert expected in found[0]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"listen": "::1"}, "listen: invalid listen address '::1'"),
+        ({"listen": "127.0.0.1:\u0661\u0662"}, "listen: invalid listen address"),
+        ({"prometheus": {"url": "http://127.0.0.1:9090/?tenant=a"}}, "must not have a query"),
+        ({"prometheus": {"url": "http://u:SEC/RET@127.0.0.1:9090"}}, "has no valid host:port"),
+    ],
+)
+def test_odd_addresses_are_refused_without_echoing_secrets(
+    write_config, values: dict[str, object], expected: str
+) -> None:
+    found = problems(write_config(values))
+
+    assert expected in found[0]
+    assert "SEC" not in " ".join(found)
+
+
+def test_misspelt_environment_variables_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    from watchdog.config import unknown_environment
+
+    found = unknown_environment(
+        {"WATCHDOG_EVALUATION_INTERVALL": "1", "WATCHDOG_PROMETHEUS__URL": "x", "HOME": "/"}
+    )
+
+    assert found == ["WATCHDOG_EVALUATION_INTERVALL"]

@@ -136,3 +136,13 @@ def test_a_defect_while_sending_drops_that_notification_and_keeps_the_queue_movi
     assert [n.status for n in broken.delivered] == [AlertStatus.resolved]
     assert sent(metrics, "r", "failed") == 1
     assert "internal error: ValueError" in caplog.text
+
+
+def test_notification_dated_by_a_clock_ahead_of_ours_goes_out_at_once(clock) -> None:
+    receiver = ScriptedReceiver("r")
+    dispatcher = Dispatcher([receiver], WatchdogMetrics(["r"]), clock)
+
+    dispatcher.submit([event(AlertStatus.firing)], clock() + 3600)
+    dispatcher.deliver_due()
+
+    assert len(receiver.delivered) == 1

@@ -167,3 +167,11 @@ def test_time_beyond_the_calendar_renders_as_null_not_a_crash() -> None:
     body = webhook_body(notification(event))
 
     assert body["alerts"][0]["last_success"] is None
+
+
+def test_printable_escapes_control_characters_and_cuts_long_names() -> None:
+    from watchdog.notifications import printable
+
+    assert printable("a\nERROR forged") == "a\\nERROR forged"
+    assert printable("ü ok") == "ü ok"
+    assert len(printable("x" * 5000)) == 200

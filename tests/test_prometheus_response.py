@@ -109,3 +109,14 @@ def test_query_aggregates_by_the_configured_label() -> None:
 def test_gateway_errors_without_json_mean_the_source_is_not_there(status: int) -> None:
     with pytest.raises(SourceUnavailable, match=f"HTTP {status}"):
         parse_query_response(status, b"<html>Bad Gateway</html>")
+
+
+@pytest.mark.parametrize("time", ['"NaN"', "-1", '"+Inf"'])
+def test_evaluation_time_that_is_not_a_time_is_invalid(time: str) -> None:
+    body = (
+        '{"status":"success","data":{"resultType":"vector","result":['
+        f'{{"metric":{{"pipeline":"a"}},"value":[{time},"1"]}}]}}}}'
+    ).encode()
+
+    with pytest.raises(InvalidResponse, match="is not a time"):
+        parse_query_response(200, body)

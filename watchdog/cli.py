@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from watchdog import __version__
-from watchdog.config import Settings, load_settings
+from watchdog.config import Settings, load_settings, unknown_environment
 from watchdog.durations import format_duration, iso_time
 from watchdog.exceptions import ConfigError, SourceError
 from watchdog.freshness import PipelineStatus
@@ -44,6 +44,9 @@ def _main(argv: Sequence[str] | None) -> int:
         for problem in exc.problems:
             _error(problem)
         return EXIT_ERROR
+
+    for name in unknown_environment():
+        _error(f"warning: environment variable {name} names no setting; it is ignored")
 
     command = {"run": _run, "check": _check, "validate": _validate}[args.command]
     return command(settings, args)
@@ -92,7 +95,9 @@ def _configure_logging(settings: Settings) -> None:
     # APScheduler logs every job run at INFO, and a skipped run at WARNING, which the
     # daemon reports in its own words; its errors still come through.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # urllib3's own warnings name the URL, which for a webhook is a secret; every
+    # failure reaches our logs through the project's exceptions instead.
+    logging.getLogger("urllib3").setLevel(logging.CRITICAL + 1)
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:

@@ -6,8 +6,10 @@ between nesting levels (``WATCHDOG_PROMETHEUS__URL``); lists take JSON
 wins over the file.  Problems are reported as one line each, naming the field.
 """
 
+import os
 import re
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -278,6 +280,16 @@ class PrometheusConfig(_Section):
     def _http_url(cls, url: str) -> str:
         if not re.match(r"^https?://[^/\s]+", url):
             raise ValueError("must be an http:// or https:// URL")
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 - raises for a port that is not a number
+        except ValueError:
+            # Never echo the text: it may be part of a password with an unescaped / ? #.
+            raise ValueError(
+                "has no valid host:port (percent-encode / ? # in a password)"
+            ) from None
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query string or fragment")
 
         # Credentials _credentials_from_url left in place; never echo them.
         userinfo, at, _ = urlsplit(url).netloc.rpartition("@")
@@ -724,8 +736,12 @@ def _no_dependency_cycle(pipelines: list[PipelineConfig]) -> None:
 def parse_listen(listen: str) -> tuple[str, int]:
     """Split ``host:port`` (``[::1]:9309`` for IPv6); raise ValueError if it is not one."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"invalid listen address {listen!r} (expected host:port)")
+    bracketed = host.startswith("[") and host.endswith("]")
+    valid_port = port.isascii() and port.isdigit() and int(port) <= 65535
+    if not sep or not host or not valid_port or (":" in host and not bracketed):
+        raise ValueError(
+            f"invalid listen address {listen!r} (expected host:port, [ipv6]:port for IPv6)"
+        )
     return host.strip("[]"), int(port)
 
 
@@ -748,11 +764,27 @@ def load_settings(path: Path | str) -> Settings:
     return settings
 
 
+def unknown_environment(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """``WATCHDOG_*`` variables that name no setting: most likely typos.
+
+    Only reported, never refused: Kubernetes injects ``<SERVICE>_PORT`` and the like
+    for every Service, so a Service called ``watchdog`` produces such variables.
+    """
+    known = {f"WATCHDOG_{name.upper()}" for name in Settings.model_fields}
+    return sorted(
+        name
+        for name in environ
+        if name.upper().startswith("WATCHDOG_") and name.upper().split("__")[0] not in known
+    )
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"cannot read config file {str(path)!r}: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
 
     try:
         data = yaml.safe_load(text)
@@ -761,11 +793,17 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         position = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError([f"{path}: invalid YAML{position}: {problem}"]) from None
+    except ValueError as exc:
+        # PyYAML converts numbers itself; a 5000-digit one fails outside its own errors.
+        raise ConfigError([f"{path}: invalid YAML: {str(exc)[:100]}"]) from None
 
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of settings"])
+    odd = [key for key in data if not isinstance(key, str)]
+    if odd:
+        raise ConfigError([f"{path}: setting names must be text, not {odd[0]!r}"])
     return data
 
 

@@ -61,7 +61,8 @@ class Dispatcher:
                 notification = Notification(
                     receiver=name, status=status, events=batch, created_at=now
                 )
-                queue.append(_Pending(notification, next_attempt_at=now))
+                # Due by the local clock, which decides retries; ``now`` is Prometheus's.
+                queue.append(_Pending(notification, next_attempt_at=self._clock()))
         self._update_pending()
 
     def deliver_due(self) -> None:

@@ -9,6 +9,9 @@ import math
 import re
 from datetime import UTC, datetime
 
+# Nothing the watchdog times needs more; larger values overflow date arithmetic.
+MAX_SECONDS = 10 * 365 * 86400.0
+
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 # Units in descending size, each at most once, as Prometheus accepts them.
@@ -23,6 +26,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}")
 
+    if isinstance(value, int) and abs(value) > MAX_SECONDS:
+        raise ValueError("invalid duration: longer than 10 years")
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
@@ -31,11 +36,15 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"invalid duration {value!r}")
 
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"invalid duration {value!r}: must be a finite, non-negative time")
+        raise ValueError(f"invalid duration {value!r:.40}: must be a finite, non-negative time")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"invalid duration {value!r:.40}: longer than 10 years")
     return seconds
 
 
 def _parse_text(text: str) -> float:
+    if len(text) > 40:
+        raise ValueError(f"invalid duration {text[:40]!r}...: too long")
     try:
         return float(text)
     except ValueError:

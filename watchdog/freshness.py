@@ -76,6 +76,7 @@ class PipelineStatus:
     reason: str = ""  # why it is invalid or never succeeded
     timezone: str = "UTC"  # where deadlines are shown in local time
     labels: dict[str, str] = field(default_factory=dict)
+    warn_after: float | None = None  # the age past which a fresh pipeline earns a warning
 
     @property
     def key(self) -> StatusKey:
@@ -98,6 +99,16 @@ class PipelineStatus:
     @property
     def is_problem(self) -> bool:
         return self.state in PROBLEM_STATES
+
+    @property
+    def severity(self) -> str | None:
+        """``critical`` in a problem state, ``warning`` past ``warn_after``, else None."""
+        if self.is_problem:
+            return "critical"
+        age = self.age
+        if self.state is FreshnessState.fresh and self.warn_after is not None and age is not None:
+            return "warning" if age > self.warn_after else None
+        return None
 
 
 @dataclass(frozen=True)
@@ -247,6 +258,7 @@ def _base(
         last_seen=before.last_seen if before else None,
         timezone=rules.schedule.timezone if rules.schedule else "UTC",
         labels=labels,
+        warn_after=rules.warn_after if check == LAST_SUCCESS else None,
     )
 
 

@@ -46,6 +46,16 @@ _STATE_WORDS = {
 }
 
 
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` safe for one log line: control characters escaped, long text cut.
+
+    Pipeline names come from label values, which may hold newlines that would
+    otherwise forge log lines.
+    """
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
+
+
 def subject(status: PipelineStatus) -> str:
     """What an alert is about: ``train``, ``train (table_update)`` or the watchdog itself."""
     if status.check == SOURCE_CHECK:
@@ -203,8 +213,9 @@ def slack_body(notification: Notification) -> dict[str, Any]:
 
     events = notification.events
     shown = events[:_SLACK_MAX_ALERT_SECTIONS]
+    # A section's text is capped at 3000 characters by Slack; names can be long.
     blocks: list[dict[str, Any]] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{_escape(title)}*"}}
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{_escape(title)}*"[:3000]}}
     ]
     blocks += [_slack_section(event) for event in shown]
     if len(events) > len(shown):

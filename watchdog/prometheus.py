@@ -27,6 +27,7 @@ API reference: https://prometheus.io/docs/prometheus/latest/querying/api/
 import base64
 import json
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,10 +37,19 @@ import urllib3
 from requests.auth import HTTPBasicAuth
 
 from watchdog.config import PrometheusConfig
-from watchdog.exceptions import InvalidResponse, QueryFailed, SourceUnavailable
-from watchdog.transport import is_timeout, new_session, transport_reason
+from watchdog.exceptions import InvalidResponse, QueryFailed, SourceError, SourceUnavailable
+from watchdog.transport import (
+    ResponseTooLarge,
+    is_timeout,
+    new_session,
+    post,
+    transport_reason,
+)
 
 log = logging.getLogger(__name__)
+
+# A 100k-series answer is about 12 MB of JSON; far more means a runaway query.
+MAX_ANSWER_BYTES = 256 * 1024 * 1024
 
 # How much of a server's own words goes into a reason: an error message from the
 # API (VictoriaMetrics repeats the whole query in it), or the start of a plain-text body.
@@ -107,8 +117,12 @@ class PrometheusClient:
 
         try:
             # POST keeps long expressions out of URL length limits.
-            response = self._session.post(
-                self._query_url, data=form, timeout=self._timeout, allow_redirects=False
+            response = post(
+                self._session,
+                self._query_url,
+                data=form,
+                timeout=self._timeout,
+                max_bytes=MAX_ANSWER_BYTES,
             )
         except requests.RequestException as exc:
             raise _unavailable(exc, self._timeout) from None
@@ -136,7 +150,9 @@ def _apply_tls(session: requests.Session, config: PrometheusConfig) -> None:
         )
 
 
-def _unavailable(exc: requests.RequestException, timeout: float) -> SourceUnavailable:
+def _unavailable(exc: requests.RequestException, timeout: float) -> SourceError:
+    if isinstance(exc, ResponseTooLarge):
+        return InvalidResponse(str(exc))
     if is_timeout(exc):
         return SourceUnavailable(f"no answer within {timeout:g}s", timed_out=True)
     return SourceUnavailable(transport_reason(exc))
@@ -186,7 +202,7 @@ def _unauthorized(status_code: int, body: bytes, secrets: Sequence[str]) -> Quer
 
 
 def _api_error(status_code: int, document: dict[str, Any], secrets: Sequence[str]) -> QueryFailed:
-    error_type = str(document.get("errorType", "unknown"))
+    error_type = _one_line(str(document.get("errorType", "unknown")), secrets, 50)
     message = str(document.get("error", "no error message"))
 
     # VictoriaMetrics gives the HTTP status as errorType; its query timeouts say so.
@@ -261,4 +277,7 @@ def _samples(result: object) -> tuple[list[Sample], float | None]:
             evaluated_at = float(timestamp)
         except (KeyError, TypeError, ValueError, AttributeError):
             raise InvalidResponse(f"malformed sample in vector result: {item!r:.200}") from None
+        if not math.isfinite(evaluated_at) or evaluated_at <= 0:
+            # Every age is measured against this time: a bad one would make all of them lie.
+            raise InvalidResponse(f"evaluation time {timestamp!r:.50} is not a time")
     return samples, evaluated_at

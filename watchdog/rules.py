@@ -42,6 +42,10 @@ class PipelineRules:
     expected: bool
     labels: dict[str, str] = field(default_factory=dict)
     depends_on: tuple[str, ...] = ()
+    warn_after: float | None = None
+    for_: float = 0.0
+    keep_firing_for: float = 0.0
+    repeat_interval: float = 0.0
 
     def deadline(self, last_success: float) -> float:
         """When a pipeline whose last success was at ``last_success`` becomes late.
@@ -138,6 +142,10 @@ class RuleBook:
             expected=name in self._by_name,
             labels=labels,
             depends_on=tuple(self._by_name[name].depends_on) if name in self._by_name else (),
+            warn_after=pick("warn_after", defaults.warn_after),
+            for_=pick("for_", defaults.for_),
+            keep_firing_for=pick("keep_firing_for", defaults.keep_firing_for),
+            repeat_interval=pick("repeat_interval", defaults.repeat_interval),
         )
 
     def _entries(self, name: str) -> list[PipelineConfig]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from watchdog.alerts import SOURCE_CHECK, AlertEvent, AlertStatus, AlertTracker
 from watchdog.config import CheckConfig, Settings
 from watchdog.delivery import Dispatcher
-from watchdog.exceptions import SourceError
+from watchdog.exceptions import InvalidResponse, SourceError
 from watchdog.freshness import (
     LAST_SUCCESS,
     CheckResult,
@@ -34,7 +34,7 @@ from watchdog.freshness import (
     unknown,
 )
 from watchdog.metrics import WatchdogMetrics
-from watchdog.notifications import explain, subject
+from watchdog.notifications import explain, printable, subject
 from watchdog.prometheus import PrometheusClient, QueryResult
 from watchdog.queries import SIGNAL_LABEL, check_query, last_success_query, push_query
 from watchdog.receivers import build_receiver
@@ -109,18 +109,17 @@ class Watchdog:
         """
         settings = self.settings
         query = last_success_query(settings, pipelines)
-        main = self._reduce(LAST_SUCCESS, self._query(query, at), at, newest=True)
+        main = self._reduce(LAST_SUCCESS, self._query(query, at), newest=True)
 
         results = [main]
         failed: set[str] = set()
         for check in settings.checks:
             try:
                 answer = self._query(check_query(check, settings), at)
+                results.append(self._reduce(check.name, answer, newest=check.type != "age"))
             except SourceError as exc:
                 self._check_failed(check, exc)
                 failed.add(check.name)
-            else:
-                results.append(self._reduce(check.name, answer, at, newest=check.type != "age"))
 
         checks = {check.name: check for check in settings.checks}
         evaluation = evaluate(results, self.rules, self.results(), checks, self._pushes(at))
@@ -131,18 +130,17 @@ class Watchdog:
         if result.warnings:
             self.metrics.query_warnings.labels("partial" if result.partial else "other").inc()
         for warning in result.warnings:
-            log.warning("Prometheus warned about a query: %s", warning)
+            log.warning("Prometheus warned about a query: %s", printable(warning, limit=500))
         if result.partial:
             # Data may be missing: pipelines that are absent could look missing.
             log.warning("Prometheus says the answer is partial; states may be incomplete")
         return result
 
-    def _reduce(
-        self, check: str, result: QueryResult, at: float | None, *, newest: bool
-    ) -> CheckResult:
+    def _reduce(self, check: str, result: QueryResult, *, newest: bool) -> CheckResult:
         evaluated_at = result.evaluated_at
         if evaluated_at is None:
-            evaluated_at = at if at is not None else self.clock()
+            # Every query ends in ``or vector(time())``: an empty answer is not Prometheus's.
+            raise InvalidResponse("empty answer to a query that always has a sample")
         settings = self.settings
         carry = settings.carry_labels if check == LAST_SUCCESS else []
         observed = observations(result, settings.pipeline_label, carry, newest)
@@ -280,14 +278,15 @@ class Watchdog:
                 continue
             log.info(
                 "pipeline %s: %s -> %s (%s)",
-                subject(status),
+                printable(subject(status)),
                 before or "new",
                 status.state,
-                explain(status),
+                printable(explain(status), limit=1000),
             )
 
         for status in evaluation.forgotten:
             self._known_states.pop(status.key, None)
             log.info(
-                "pipeline %s: forgotten, no series for longer than forget_after", subject(status)
+                "pipeline %s: forgotten, no series for longer than forget_after",
+                printable(subject(status)),
             )

@@ -1,7 +1,9 @@
 """What the Prometheus client and the receivers share about HTTP."""
 
 import ssl
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -27,6 +29,61 @@ def new_session() -> requests.Session:
     return session
 
 
+class ResponseTooLarge(requests.RequestException):
+    """The answer was larger than the caller accepts."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer read whole, within a deadline and a size limit."""
+
+    status_code: int
+    content: bytes
+    headers: Mapping[str, str]
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+
+def post(
+    session: requests.Session,
+    url: str,
+    *,
+    data: bytes | Mapping[str, str],
+    timeout: float,
+    max_bytes: int,
+    headers: Mapping[str, str] | None = None,
+) -> Answer:
+    """POST and read the answer, taking at most about ``timeout`` seconds in all.
+
+    requests applies its timeout to each socket read, so a server that drips a byte
+    a second would hold the caller forever; here the body is read in chunks against
+    one deadline (a read already waiting may add up to ``timeout`` once more).
+    Redirects are not followed: they would turn a POST into a body-less GET and
+    could carry credentials elsewhere.  Raises requests exceptions, including
+    ReadTimeout when the deadline passes and ResponseTooLarge.
+    """
+    deadline = time.monotonic() + timeout
+    response = session.post(
+        url, data=data, headers=headers, timeout=timeout, allow_redirects=False, stream=True
+    )
+    try:
+        chunks, size = [], 0
+        # read1 returns what has arrived instead of waiting for a full chunk, so the
+        # deadline is checked between a dripping server's bytes too.
+        while chunk := response.raw.read1(65536, decode_content=True):
+            size += len(chunk)
+            if size > max_bytes:
+                raise ResponseTooLarge(f"answer larger than {max_bytes // 1024} KiB")
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise requests.exceptions.ReadTimeout("answer not complete within the timeout")
+        return Answer(response.status_code, b"".join(chunks), response.headers)
+    finally:
+        response.close()
+
+
 def is_timeout(exc: requests.RequestException) -> bool:
     """Whether the request failed for want of an answer in time.
 
@@ -42,6 +99,8 @@ def transport_reason(exc: requests.RequestException) -> str:
     """Why a request failed, without its URL: ``str(exc)`` names it, and it may be a secret."""
     if is_timeout(exc):
         return "timed out"
+    if isinstance(exc, ResponseTooLarge):
+        return str(exc)
 
     verification = next(
         (c for c in _causes(exc) if isinstance(c, ssl.SSLCertVerificationError)), None
