@@ -803,6 +803,8 @@ class WatchdogProcess(HTTPServerProcess):
     ) -> None:
         self.config = dict(config)
         self.config.setdefault("listen", f"127.0.0.1:{free_port()}")
+        # Never the system-wide default under /var/lib: each run keeps its own state.
+        self.config.setdefault("state", {"path": str(self.work_dir / f"{name}-state.db")})
         _, port = parse_listen_address(str(self.config["listen"]))
         super().__init__(work_dir, name, port)
         self.binary = binary

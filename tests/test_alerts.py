@@ -1,165 +1,323 @@
+"""The alert lifecycle, driven with explicit evaluation times (no clock, no sleeping)."""
+
 from dataclasses import replace
 
-from watchdog.alerts import AlertStatus, AlertTracker
+import pytest
+
+from watchdog.alerts import AlertStatus, AlertTracker, EventKind
+from watchdog.config import Settings
 from watchdog.freshness import FreshnessState, PipelineStatus
+from watchdog.routing import Router
+from watchdog.rules import RuleBook
+from watchdog.store import AlertRecord
 
-NOW = 1_800_000_000.0
+T0 = 1_800_000_000.0
+STALE, FRESH, UNKNOWN = FreshnessState.stale, FreshnessState.fresh, FreshnessState.unknown
 
 
-def status(state: FreshnessState, at: float = NOW, name: str = "train") -> PipelineStatus:
+def status(state: FreshnessState, at: float = T0, name: str = "train", age: float = 7200):
     return PipelineStatus(
-        pipeline=name, state=state, max_age=3600, evaluated_at=at, last_success=NOW - 7200
+        pipeline=name,
+        state=state,
+        evaluated_at=at,
+        max_age=3600,
+        threshold="1h",
+        last_success=at - age,
+        warn_after=1800,
     )
+
+
+def tracker(
+    silenced: object = None, records: dict | None = None, **defaults: object
+) -> AlertTracker:
+    config: dict[str, object] = {
+        "defaults": {"repeat_interval": 0, **defaults},
+        "pipelines": [
+            {"name": "train", "depends_on": ["features"]},
+            {"name": "features"},
+        ],
+        "receivers": [
+            {"name": "all", "type": "webhook", "url": "http://127.0.0.1:1/a"},
+            {
+                "name": "critical-only",
+                "type": "webhook",
+                "url": "http://127.0.0.1:1/c",
+                "match": {"severity": ["critical"]},
+            },
+        ],
+    }
+    settings = Settings(**config)
+    return AlertTracker(
+        RuleBook(settings),
+        Router(settings.receivers),
+        records,
+        silenced=silenced,  # type: ignore[arg-type]
+    )
+
+
+def kinds(events) -> list[tuple[str, str]]:
+    return [(str(e.kind), e.pipeline.pipeline) for e in events]
 
 
 def test_stale_pipeline_fires_once() -> None:
-    tracker = AlertTracker()
+    alerts = tracker()
 
-    first = tracker.update([status(FreshnessState.stale)])
-    second = tracker.update([status(FreshnessState.stale, NOW + 30)])
+    first = alerts.update([status(STALE)], now=T0)
+    second = alerts.update([status(STALE, T0 + 30)], now=T0 + 30)
 
-    assert [(e.status, e.pipeline.pipeline) for e in first] == [(AlertStatus.firing, "train")]
+    assert kinds(first) == [("firing", "train")]
+    assert first[0].receivers == ("all", "critical-only")
     assert second == []
 
 
-def test_recovery_resolves_once_with_the_firing_start() -> None:
-    tracker = AlertTracker()
-    tracker.update([status(FreshnessState.stale)])
+def test_pending_fires_only_after_for_has_passed() -> None:
+    alerts = tracker(**{"for": "5m"})
 
-    resolved = tracker.update([status(FreshnessState.fresh, NOW + 60)])
-    again = tracker.update([status(FreshnessState.fresh, NOW + 90)])
+    start = alerts.update([status(STALE)], now=T0)
+    before = alerts.update([status(STALE, T0 + 299)], now=T0 + 299)
+    at = alerts.update([status(STALE, T0 + 300)], now=T0 + 300)
 
-    assert [e.status for e in resolved] == [AlertStatus.resolved]
-    assert resolved[0].firing_since == NOW
+    assert start == [] and before == []
+    assert kinds(at) == [("firing", "train")]
+    assert at[0].firing_since == T0 + 300
+
+
+def test_pending_that_clears_goes_away_without_a_word() -> None:
+    alerts = tracker(**{"for": "5m"})
+    alerts.update([status(STALE)], now=T0)
+
+    events = alerts.update([status(FRESH, T0 + 60, age=10)], now=T0 + 60)
+
+    assert events == []
+    assert alerts.records() == {}
+
+
+def test_recovery_resolves_once_to_the_receivers_that_got_the_firing() -> None:
+    alerts = tracker()
+    alerts.update([status(STALE)], now=T0)
+
+    resolved = alerts.update([status(FRESH, T0 + 60, age=10)], now=T0 + 60)
+    again = alerts.update([status(FRESH, T0 + 90, age=10)], now=T0 + 90)
+
+    assert kinds(resolved) == [("resolved", "train")]
+    assert resolved[0].status is AlertStatus.resolved
+    assert resolved[0].firing_since == T0
+    assert resolved[0].receivers == ("all", "critical-only")
     assert again == []
 
 
-def test_stale_to_missing_keeps_the_same_alert() -> None:
-    tracker = AlertTracker()
-    tracker.update([status(FreshnessState.stale)])
+def test_keep_firing_for_resolves_only_after_staying_clear_that_long() -> None:
+    alerts = tracker(keep_firing_for="10m")
+    alerts.update([status(STALE)], now=T0)
 
-    events = tracker.update([status(FreshnessState.missing, NOW + 30)])
+    clear = alerts.update([status(FRESH, T0 + 60, age=10)], now=T0 + 60)
+    flap = alerts.update([status(STALE, T0 + 120)], now=T0 + 120)
+    clear_again = alerts.update([status(FRESH, T0 + 180, age=10)], now=T0 + 180)
+    still = alerts.update([status(FRESH, T0 + 779, age=10)], now=T0 + 779)
+    done = alerts.update([status(FRESH, T0 + 780, age=10)], now=T0 + 780)
 
-    assert events == []
-    assert tracker.firing() == {("train", "last_success"): NOW}
+    assert clear == [] and flap == [] and clear_again == [] and still == []
+    assert kinds(done) == [("resolved", "train")]
 
 
-def test_unknown_neither_fires_nor_resolves() -> None:
-    tracker = AlertTracker()
-    tracker.update([status(FreshnessState.stale, name="late")])
+def test_new_episode_after_a_real_recovery_notifies_again() -> None:
+    alerts = tracker()
+    alerts.update([status(STALE)], now=T0)
+    alerts.update([status(FRESH, T0 + 60, age=10)], now=T0 + 60)
 
-    events = tracker.update(
-        [status(FreshnessState.unknown, name="late"), status(FreshnessState.unknown, name="new")]
-    )
-    back = tracker.update([status(FreshnessState.stale, NOW + 60, name="late")])
+    events = alerts.update([status(STALE, T0 + 120)], now=T0 + 120)
 
-    assert events == []
+    assert kinds(events) == [("firing", "train")]
+    assert events[0].firing_since == T0 + 120
+
+
+def test_warning_then_critical_escalates_once_and_back_does_not_page() -> None:
+    alerts = tracker()
+
+    warning = alerts.update([status(FRESH, T0, age=2000)], now=T0)
+    escalated = alerts.update([status(STALE, T0 + 60)], now=T0 + 60)
+    back = alerts.update([status(FRESH, T0 + 120, age=2000)], now=T0 + 120)
+
+    assert kinds(warning) == [("firing", "train")]
+    assert warning[0].severity == "warning"
+    assert warning[0].receivers == ("all",)
+    assert kinds(escalated) == [("escalated", "train")]
+    assert escalated[0].severity == "critical"
     assert back == []
-    assert set(tracker.firing()) == {("late", "last_success")}
 
 
-def test_new_episode_after_recovery_fires_again() -> None:
-    tracker = AlertTracker()
-    tracker.update([status(FreshnessState.stale)])
-    tracker.update([status(FreshnessState.fresh, NOW + 60)])
+def test_reminders_come_every_repeat_interval_while_firing() -> None:
+    alerts = tracker(repeat_interval="4h")
+    alerts.update([status(STALE)], now=T0)
 
-    events = tracker.update([status(FreshnessState.stale, NOW + 120)])
+    early = alerts.update([status(STALE, T0 + 14399)], now=T0 + 14399)
+    due = alerts.update([status(STALE, T0 + 14400)], now=T0 + 14400)
+    next_one = alerts.update([status(STALE, T0 + 28800)], now=T0 + 28800)
 
-    assert [e.status for e in events] == [AlertStatus.firing]
-    assert events[0].firing_since == NOW + 120
-
-
-def test_forgotten_firing_pipeline_is_closed_with_a_reason() -> None:
-    tracker = AlertTracker()
-    missing = status(FreshnessState.missing)
-    tracker.update([missing])
-
-    events = tracker.update([], forgotten=[replace(missing, evaluated_at=NOW + 90000)])
-
-    assert [e.status for e in events] == [AlertStatus.resolved]
-    assert "no longer watched" in events[0].reason
-    assert tracker.firing() == {}
+    assert early == []
+    assert kinds(due) == [("reminder", "train")]
+    assert due[0].firing_since == T0
+    assert kinds(next_one) == [("reminder", "train")]
 
 
-def test_firing_events_come_before_resolved_ones() -> None:
-    tracker = AlertTracker()
-    tracker.update([status(FreshnessState.stale, name="a")])
+def test_unknown_neither_starts_resolves_nor_reminds() -> None:
+    alerts = tracker(repeat_interval="1m")
+    alerts.update([status(STALE, name="late")], now=T0)
 
-    events = tracker.update(
-        [status(FreshnessState.fresh, NOW + 30, "a"), status(FreshnessState.stale, NOW + 30, "b")]
+    events = alerts.update(
+        [status(UNKNOWN, T0 + 600, "late"), status(UNKNOWN, T0 + 600, "new")], now=T0 + 600
     )
 
-    assert [(e.status, e.pipeline.pipeline) for e in events] == [
-        (AlertStatus.firing, "b"),
-        (AlertStatus.resolved, "a"),
-    ]
+    assert events == []
+    assert set(alerts.firing()) == {("late", "last_success")}
 
 
-def test_downstream_alert_is_held_while_its_upstream_is_late_then_released() -> None:
-    tracker = AlertTracker({"train": ("features",)})
+@pytest.mark.parametrize(
+    "state", [FreshnessState.missing, FreshnessState.never_succeeded, FreshnessState.invalid]
+)
+def test_missing_never_succeeded_and_invalid_are_critical_alerts(state: FreshnessState) -> None:
+    alerts = tracker()
 
-    outage = tracker.update(
-        [status(FreshnessState.stale, name="features"), status(FreshnessState.stale)]
+    events = alerts.update([status(state)], now=T0)
+
+    assert [(e.severity, e.pipeline.state) for e in events] == [("critical", state)]
+
+
+def test_stale_to_missing_keeps_the_same_alert() -> None:
+    alerts = tracker()
+    alerts.update([status(STALE)], now=T0)
+
+    events = alerts.update([status(FreshnessState.missing, T0 + 30)], now=T0 + 30)
+
+    assert events == []
+    assert alerts.firing() == {("train", "last_success"): T0}
+
+
+def test_downstream_is_held_while_its_upstream_is_late_then_released() -> None:
+    alerts = tracker()
+
+    outage = alerts.update([status(STALE, name="features"), status(STALE)], now=T0)
+    still = alerts.update(
+        [status(STALE, T0 + 30, "features"), status(STALE, T0 + 30)], now=T0 + 30
     )
-    still = tracker.update(
-        [
-            status(FreshnessState.stale, NOW + 30, "features"),
-            status(FreshnessState.stale, NOW + 30),
-        ]
-    )
-    upstream_back = tracker.update(
-        [
-            status(FreshnessState.fresh, NOW + 60, "features"),
-            status(FreshnessState.stale, NOW + 60),
-        ]
+    back = alerts.update(
+        [status(FRESH, T0 + 60, "features", age=10), status(STALE, T0 + 60)], now=T0 + 60
     )
 
-    assert [(e.status, e.pipeline.pipeline, e.holding) for e in outage] == [
-        (AlertStatus.firing, "features", ("train",))
-    ]
+    assert [(e.pipeline.pipeline, e.holding) for e in outage] == [("features", ("train",))]
     assert still == []
-    assert [(e.status, e.pipeline.pipeline, e.held_by) for e in upstream_back] == [
-        (AlertStatus.firing, "train", "features"),
-        (AlertStatus.resolved, "features", ""),
+    assert [(str(e.status), e.pipeline.pipeline, e.held_by) for e in back] == [
+        ("firing", "train", "features"),
+        ("resolved", "features", ""),
     ]
 
 
 def test_held_alert_that_recovers_with_its_upstream_never_pages() -> None:
-    tracker = AlertTracker({"train": ("features",)})
-    tracker.update([status(FreshnessState.stale, name="features"), status(FreshnessState.stale)])
+    alerts = tracker()
+    alerts.update([status(STALE, name="features"), status(STALE)], now=T0)
 
-    events = tracker.update(
-        [
-            status(FreshnessState.fresh, NOW + 60, "features"),
-            status(FreshnessState.fresh, NOW + 60),
-        ]
+    events = alerts.update(
+        [status(FRESH, T0 + 60, "features", age=10), status(FRESH, T0 + 60, age=10)],
+        now=T0 + 60,
     )
 
-    assert [(e.status, e.pipeline.pipeline) for e in events] == [
-        (AlertStatus.resolved, "features")
-    ]
-    assert tracker.held() == {}
+    assert kinds(events) == [("resolved", "features")]
+    assert alerts.held() == {}
 
 
-def test_alert_already_firing_keeps_firing_when_upstream_goes_late() -> None:
-    tracker = AlertTracker({"train": ("features",)})
-    tracker.update([status(FreshnessState.stale)])
+def test_silenced_alert_keeps_its_state_sends_nothing_then_notifies_when_it_ends() -> None:
+    silence_ends = T0 + 600
+    alerts = tracker(silenced=lambda labels, now: now < silence_ends)
 
-    events = tracker.update(
-        [
-            status(FreshnessState.stale, NOW + 30, "features"),
-            status(FreshnessState.stale, NOW + 30),
-        ]
+    during = alerts.update([status(STALE)], now=T0)
+    still = alerts.update([status(STALE, T0 + 300)], now=T0 + 300)
+    after = alerts.update([status(STALE, T0 + 600)], now=T0 + 600)
+
+    assert during == [] and still == []
+    assert alerts.firing() == {("train", "last_success"): T0}
+    assert kinds(after) == [("firing", "train")]
+    assert after[0].firing_since == T0
+
+
+def test_alert_silenced_all_along_resolves_silently() -> None:
+    alerts = tracker(silenced=lambda labels, now: True)
+    alerts.update([status(STALE)], now=T0)
+
+    events = alerts.update([status(FRESH, T0 + 60, age=10)], now=T0 + 60)
+
+    assert events == []
+
+
+def test_restart_with_stored_records_does_not_renotify_and_keeps_clocks() -> None:
+    first = tracker(repeat_interval="4h", **{"for": "5m"})
+    first.update([status(STALE), status(STALE, name="features")], now=T0)
+    first.update([status(STALE, T0 + 300, name="features")], now=T0 + 300)
+    stored = first.records()
+
+    restarted = tracker(records=stored, repeat_interval="4h", **{"for": "5m"})
+    same = restarted.update([status(STALE, T0 + 400, name="features")], now=T0 + 400)
+    reminder = restarted.update(
+        [status(STALE, T0 + 300 + 14400, name="features")], now=T0 + 300 + 14400
     )
 
-    assert [(e.pipeline.pipeline, e.holding) for e in events] == [("features", ())]
-    assert ("train", "last_success") in tracker.firing()
+    assert same == []
+    assert kinds(reminder) == [("reminder", "features")]
+
+
+def test_alert_that_cleared_while_down_resolves_on_the_first_evaluation() -> None:
+    stored = {
+        ("train", "last_success"): AlertRecord(
+            "train",
+            "last_success",
+            "firing",
+            "critical",
+            T0,
+            firing_since=T0,
+            last_notified_at=T0,
+            receivers=["all"],
+        )
+    }
+    alerts = tracker(records=stored)
+
+    events = alerts.update([status(FRESH, T0 + 3600, age=10)], now=T0 + 3600)
+
+    assert kinds(events) == [("resolved", "train")]
+    assert events[0].receivers == ("all",)
+
+
+def test_only_changes_are_handed_to_the_store() -> None:
+    alerts = tracker()
+    alerts.update([status(STALE)], now=T0)
+    first = alerts.drain_changes()
+
+    alerts.update([status(STALE, T0 + 30)], now=T0 + 30)
+    quiet = alerts.drain_changes()
+    alerts.update([status(FRESH, T0 + 60, age=10)], now=T0 + 60)
+    gone = alerts.drain_changes()
+
+    assert [r.state for r in first[0]] == ["firing"] and first[1] == []
+    assert quiet == ([], [])
+    assert gone == ([], [("train", "last_success")])
+
+
+def test_forgotten_firing_pipeline_is_closed_with_a_reason() -> None:
+    alerts = tracker()
+    missing = status(FreshnessState.missing)
+    alerts.update([missing], now=T0)
+
+    events = alerts.update(
+        [], forgotten=[replace(missing, evaluated_at=T0 + 90000)], now=T0 + 90000
+    )
+
+    assert kinds(events) == [("resolved", "train")]
+    assert "no longer watched" in events[0].reason
 
 
 def test_checks_of_one_pipeline_are_separate_alerts() -> None:
-    tracker = AlertTracker()
-    lag = replace(status(FreshnessState.stale), check="lag")
+    alerts = tracker()
+    lag = replace(status(STALE), check="lag")
 
-    events = tracker.update([status(FreshnessState.stale), lag])
+    events = alerts.update([status(STALE), lag], now=T0)
 
     assert sorted(e.pipeline.key for e in events) == [("train", "lag"), ("train", "last_success")]
+    assert all(e.kind is EventKind.firing for e in events)

@@ -187,9 +187,10 @@ def test_validate_of_a_missing_file_exits_2(tmp_path: Path) -> None:
     assert "No such file or directory" in result.stderr
 
 
-def test_run_with_a_taken_port_exits_2(write_config) -> None:
+def test_run_with_a_taken_port_exits_2(write_config, tmp_path: Path) -> None:
     with RecordingReceiver() as taken:
-        config = write_config({"listen": f"127.0.0.1:{taken.port}"})
+        state = {"path": str(tmp_path / "state.db")}
+        config = write_config({"listen": f"127.0.0.1:{taken.port}", "state": state})
 
         result = run_cli("run", "--config", str(config))
 
@@ -243,6 +244,7 @@ def test_daemon_serves_probes_and_metrics_notifies_and_stops_on_sigterm(
                 "prometheus": {"url": prometheus.url},
                 "evaluation_interval": "1s",
                 "listen": f"127.0.0.1:{port}",
+                "state": {"path": str(tmp_path / "state.db")},
                 "pipelines": [{"name": "daemon-late", "max_age": "1h"}],
                 "receivers": [
                     {"name": "slack", "type": "slack", "url": receiver.url(f"/T/B/{SECRET}")}
@@ -286,6 +288,7 @@ def test_daemon_is_not_ready_before_its_first_evaluation(write_config, tmp_path:
             {
                 "prometheus": {"url": slow_prometheus.url(""), "timeout": "3s"},
                 "listen": f"127.0.0.1:{port}",
+                "state": {"path": str(tmp_path / "state.db")},
             }
         )
         daemon = Daemon(config, port, tmp_path / "daemon.log")

@@ -86,11 +86,15 @@ def test_webhook_body_carries_the_documented_fields() -> None:
         "receiver": "ops",
         "created_at": "2027-01-15T08:00:00Z",
         "summary": "1 pipeline stale: feature-build",
+        "group": {},
+        "omitted": 0,
         "alerts": [
             {
                 "pipeline": "feature-build",
                 "check": "last_success",
                 "status": "firing",
+                "kind": "firing",
+                "severity": "critical",
                 "state": "stale",
                 "age_seconds": 11520,
                 "max_age_seconds": 7200,

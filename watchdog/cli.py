@@ -16,7 +16,7 @@ from datetime import datetime
 from watchdog import __version__
 from watchdog.config import Settings, load_settings, unknown_environment
 from watchdog.durations import format_duration, iso_time
-from watchdog.exceptions import ConfigError, SourceError
+from watchdog.exceptions import ConfigError, SourceError, StoreError
 from watchdog.freshness import PipelineStatus
 from watchdog.notifications import describe, subject
 
@@ -110,6 +110,9 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     _configure_logging(settings)
     try:
         daemon = Daemon(settings)
+    except StoreError as exc:
+        _error(str(exc))
+        return EXIT_ERROR
     except OSError as exc:
         _error(f"cannot listen on {settings.listen}: {exc.strerror}")
         return EXIT_ERROR

@@ -17,9 +17,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from watchdog import __version__
+from watchdog.api import make_api
 from watchdog.config import Settings, parse_listen
+from watchdog.metrics import WatchdogMetrics
 from watchdog.server import HttpServer, make_app
 from watchdog.service import Clock, Watchdog
+from watchdog.silences import SilenceBook
+from watchdog.store import StateStore
 from watchdog.transport import redact_url
 
 log = logging.getLogger(__name__)
@@ -29,16 +33,30 @@ class Daemon:
     """Wires a Watchdog to a scheduler and an HTTP server."""
 
     def __init__(self, settings: Settings, *, clock: Clock = time.time) -> None:
+        """Open the state file and bind the port; raise StoreError or OSError if not."""
         self.settings = settings
         self.clock = clock
-        self.watchdog = Watchdog(settings, clock=clock)
+        metrics = WatchdogMetrics(r.name for r in settings.receivers)
+        self.store = StateStore.open(
+            settings.state.path, on_write=metrics.state_write_duration.observe
+        )
+        self.silences = SilenceBook(self.store, clock)
+        self.silences.load(settings.silences)
+        self.watchdog = Watchdog(
+            settings, clock=clock, metrics=metrics, store=self.store, silences=self.silences
+        )
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self._started_at = clock()
         self._stopping = threading.Event()
 
         host, port = parse_listen(settings.listen)
-        app = make_app(self.watchdog.metrics.registry, self.healthz, self.readyz)
-        self.server = HttpServer(host, port, app)
+        api = make_api(self.silences, settings.api.resolve_token(), self.watchdog.alerts_view)
+        app = make_app(metrics.registry, self.healthz, self.readyz, api=api)
+        try:
+            self.server = HttpServer(host, port, app)
+        except OSError:
+            self.store.close()
+            raise
 
     def healthz(self) -> tuple[bool, str]:
         """Alive: the scheduler runs and a cycle finished recently."""
@@ -99,9 +117,10 @@ class Daemon:
         )
 
     def stop(self) -> None:
-        """Wait for a running cycle to finish, then stop serving."""
+        """Wait for a running cycle to finish, then stop serving and close the state file."""
         self.scheduler.shutdown(wait=True)
         self.server.stop()
+        self.store.close()
         log.info("pipeline-watchdog stopped")
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:

@@ -13,10 +13,10 @@ delays that cycle by up to its timeout per attempt.
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from watchdog.alerts import AlertEvent, AlertStatus
+from watchdog.alerts import AlertEvent, AlertStatus, alert_labels
 from watchdog.exceptions import DeliveryError
 from watchdog.metrics import WatchdogMetrics
 from watchdog.notifications import Notification
@@ -27,6 +27,27 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 8
 FIRST_RETRY_DELAY = 2.0
 MAX_RETRY_DELAY = 300.0
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How one receiver wants its notifications: grouping, size, all-clears."""
+
+    group_by: tuple[str, ...] = ()
+    max_alerts: int = 40
+    send_resolved: bool = True
+
+
+def _groups(
+    events: list[AlertEvent], group_by: tuple[str, ...]
+) -> dict[tuple[tuple[str, str], ...], list[AlertEvent]]:
+    """Events by the values of the ``group_by`` labels, in first-seen order."""
+    groups: dict[tuple[tuple[str, str], ...], list[AlertEvent]] = {}
+    for event in events:
+        labels = alert_labels(event.pipeline, event.severity)
+        key = tuple((name, labels.get(name, "")) for name in group_by)
+        groups.setdefault(key, []).append(event)
+    return groups
 
 
 @dataclass
@@ -44,25 +65,41 @@ class Dispatcher:
         receivers: Sequence[Receiver],
         metrics: WatchdogMetrics,
         clock: Callable[[], float],
+        policies: Mapping[str, Policy] | None = None,
     ) -> None:
         self._receivers = {receiver.name: receiver for receiver in receivers}
+        self._policies = dict(policies or {})
         self._queues: dict[str, deque[_Pending]] = {name: deque() for name in self._receivers}
         self._metrics = metrics
         self._clock = clock
 
     def submit(self, events: Iterable[AlertEvent], now: float) -> None:
-        """Queue one notification per status and receiver for this cycle's events."""
+        """Queue this cycle's events: per receiver, per status, per group, one message.
+
+        Each event goes to its routed receivers (all of them when it names none); a
+        receiver with ``send_resolved: false`` gets no all-clear.  Fifty pipelines
+        going stale in one cycle make one message per receiver, not fifty.
+        """
         events = list(events)
-        for status in (AlertStatus.firing, AlertStatus.resolved):
-            batch = [event for event in events if event.status is status]
-            if not batch:
-                continue
-            for name, queue in self._queues.items():
-                notification = Notification(
-                    receiver=name, status=status, events=batch, created_at=now
-                )
-                # Due by the local clock, which decides retries; ``now`` is Prometheus's.
-                queue.append(_Pending(notification, next_attempt_at=self._clock()))
+        for name, queue in self._queues.items():
+            policy = self._policies.get(name, Policy())
+            mine = [e for e in events if e.receivers is None or name in e.receivers]
+            if not policy.send_resolved:
+                mine = [e for e in mine if e.status is not AlertStatus.resolved]
+
+            for status in (AlertStatus.firing, AlertStatus.resolved):
+                batch = [e for e in mine if e.status is status]
+                for group, grouped in _groups(batch, policy.group_by).items():
+                    notification = Notification(
+                        receiver=name,
+                        status=status,
+                        events=grouped[: policy.max_alerts],
+                        created_at=now,
+                        group=dict(group),
+                        omitted=max(len(grouped) - policy.max_alerts, 0),
+                    )
+                    # Due by the local clock, which decides retries; ``now`` is Prometheus's.
+                    queue.append(_Pending(notification, next_attempt_at=self._clock()))
         self._update_pending()
 
     def deliver_due(self) -> None:

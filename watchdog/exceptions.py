@@ -10,6 +10,8 @@ Everything the watchdog raises on purpose derives from :class:`WatchdogError`:
   :data:`SOURCE_ERROR_KINDS`, fit for a metric label.
 - :class:`DeliveryError`: a notification did not reach its receiver; ``permanent``
   says whether trying again can help.
+- :class:`StoreError`: the state file (``state.path``) cannot be opened, read or
+  written; one line naming the path and the cause.
 
 Messages never contain URLs or credentials: webhook URLs are secrets, and a
 Prometheus URL may carry a password.
@@ -89,3 +91,7 @@ class DeliveryError(WatchdogError):
         self.reason = reason
         self.permanent = permanent
         super().__init__(reason)
+
+
+class StoreError(WatchdogError):
+    """The state file cannot be opened, read or written (or is too new to use)."""

@@ -7,6 +7,7 @@ successful evaluation, so a forgotten pipeline's series disappear with it.
 """
 
 import threading
+from collections import Counter as Tally
 from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -16,6 +17,7 @@ from prometheus_client.registry import Collector
 from watchdog import __version__
 from watchdog.exceptions import SOURCE_ERROR_KINDS
 from watchdog.freshness import LAST_SUCCESS, FreshnessState, PipelineStatus
+from watchdog.store import AlertRecord
 
 # Evaluations are one HTTP query plus arithmetic: mostly well under a second.
 _DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -172,6 +174,29 @@ class WatchdogMetrics:
             "Notifications waiting for delivery or for a retry.",
             registry=self.registry,
         )
+        self.alerts = Gauge(
+            "ml_watchdog_alerts",
+            "Alerts by lifecycle state (pending, firing) and severity; not per pipeline.",
+            ["state", "severity"],
+            registry=self.registry,
+        )
+        self.alert_transitions = Counter(
+            "ml_watchdog_alert_transitions",
+            "Alert lifecycle transitions, by old and new state (inactive, pending, firing).",
+            ["from", "to"],
+            registry=self.registry,
+        )
+        self.silences_active = Gauge(
+            "ml_watchdog_silences_active",
+            "Silences in force now.",
+            registry=self.registry,
+        )
+        self.state_write_duration = Histogram(
+            "ml_watchdog_state_write_duration_seconds",
+            "Time one write of alert state to the state file took.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=self.registry,
+        )
         Info("ml_watchdog_build", "Version of pipeline-watchdog.", registry=self.registry).info(
             {"version": __version__}
         )
@@ -185,9 +210,16 @@ class WatchdogMetrics:
             self.query_errors.labels(kind)
         for kind in ("partial", "other"):
             self.query_warnings.labels(kind)
+        self.observe_alerts(())
         for receiver in receivers:
             for result in ("sent", "failed"):
                 self.notifications.labels(receiver, result)
 
     def observe_statuses(self, statuses: Iterable[PipelineStatus]) -> None:
         self.pipelines.update(statuses)
+
+    def observe_alerts(self, records: Iterable[AlertRecord]) -> None:
+        counts = Tally((r.state, r.severity or "critical") for r in records)
+        for state in ("pending", "firing"):
+            for severity in ("warning", "critical"):
+                self.alerts.labels(state, severity).set(counts.get((state, severity), 0))

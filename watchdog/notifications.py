@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from watchdog.alerts import SOURCE_CHECK, AlertEvent, AlertStatus
+from watchdog.alerts import SOURCE_CHECK, AlertEvent, AlertStatus, EventKind
 from watchdog.durations import format_duration, iso_time
 from watchdog.freshness import LAST_SUCCESS, FreshnessState, PipelineStatus
 from watchdog.schedule import zone
@@ -34,6 +34,8 @@ class Notification:
     events: list[AlertEvent]
     created_at: float
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    group: dict[str, str] = field(default_factory=dict)  # the group_by labels' values
+    omitted: int = 0  # alerts of this group beyond the receiver's max_alerts
 
 
 _STATE_WORDS = {
@@ -69,6 +71,11 @@ def describe(status: PipelineStatus) -> str:
     """One line on a pipeline's state, for people: ``train is stale: last success …``."""
     if status.check == SOURCE_CHECK:
         return f"pipeline-watchdog cannot evaluate pipelines: {status.reason}"
+    if status.severity == "warning" and status.warn_after is not None:
+        return (
+            f"{subject(status)} is getting late: {explain(status)}, "
+            f"warning after {format_duration(status.warn_after)}"
+        )
     return f"{subject(status)} {_STATE_WORDS[status.state]}: {explain(status)}"
 
 
@@ -127,6 +134,11 @@ def summarize(event: AlertEvent) -> str:
     status = event.pipeline
     if event.status is AlertStatus.firing:
         text = describe(status)
+        if event.kind is EventKind.reminder:
+            firing_for = format_duration(status.evaluated_at - event.firing_since)
+            text = f"still firing after {firing_for}: {text}"
+        elif event.kind is EventKind.escalated:
+            text = f"escalated to critical: {text}"
         if event.holding:
             text += f"; holding back alerts of downstream {', '.join(event.holding)}"
         if event.held_by:
@@ -150,8 +162,9 @@ def headline(notification: Notification) -> str:
         parts.append("cannot evaluate pipelines" if firing else "evaluating pipelines again")
     if pipelines:
         names = [subject(event.pipeline) for event in pipelines]
-        count = f"{len(names)} pipeline{'s' if len(names) != 1 else ''}"
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        total = len(names) + notification.omitted
+        count = f"{total} pipeline{'s' if total != 1 else ''}"
+        shown = ", ".join(names[:5]) + (f" and {total - 5} more" if total > 5 else "")
         parts.append(f"{count} {_verb(pipelines) if firing else 'recovered'}: {shown}")
     return "; ".join(parts)
 
@@ -173,6 +186,8 @@ def webhook_body(notification: Notification) -> dict[str, Any]:
         "receiver": notification.receiver,
         "created_at": iso_time(notification.created_at),
         "summary": headline(notification),
+        "group": notification.group,
+        "omitted": notification.omitted,
         "alerts": [_webhook_alert(event) for event in notification.events],
     }
 
@@ -183,6 +198,8 @@ def _webhook_alert(event: AlertEvent) -> dict[str, Any]:
         "pipeline": None if event.is_source else status.pipeline,
         "check": status.check,
         "status": str(event.status),
+        "kind": str(event.kind),
+        "severity": event.severity,
         "state": str(status.state),
         "age_seconds": _rounded(status.age),
         "max_age_seconds": status.max_age,
@@ -218,8 +235,9 @@ def slack_body(notification: Notification) -> dict[str, Any]:
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*{_escape(title)}*"[:3000]}}
     ]
     blocks += [_slack_section(event) for event in shown]
-    if len(events) > len(shown):
-        more = f"…and {len(events) - len(shown)} more"
+    hidden = len(events) - len(shown) + notification.omitted
+    if hidden:
+        more = f"…and {hidden} more"
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": more}]})
 
     text = _escape(title + "\n" + "\n".join(summarize(event) for event in events[:10]))

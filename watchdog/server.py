@@ -1,7 +1,8 @@
-"""The watchdog's HTTP endpoints: ``/metrics``, ``/healthz`` and ``/readyz``.
+"""The watchdog's HTTP endpoints: ``/metrics``, ``/healthz``, ``/readyz`` and the API.
 
 A small threaded WSGI server from the standard library; prometheus_client's WSGI
-app serves the metrics (content negotiation and gzip included).
+app serves the metrics (content negotiation and gzip included), and paths under
+``/api/`` go to the API's own WSGI app (:mod:`watchdog.api`).
 """
 
 import logging
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 # A probe answers (healthy, reason); the reason is shown in the response body.
 Probe = Callable[[], tuple[bool, str]]
 StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -35,7 +37,10 @@ class _QuietHandler(WSGIRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
-def make_app(registry: CollectorRegistry, healthz: Probe, readyz: Probe) -> Any:
+def make_app(
+    registry: CollectorRegistry, healthz: Probe, readyz: Probe, api: WSGIApp | None = None
+) -> WSGIApp:
+    """The whole site; ``/api/...`` answers 404 when no ``api`` is given."""
     metrics_app = make_wsgi_app(registry)
     probes = {"/healthz": healthz, "/readyz": readyz}
 
@@ -46,6 +51,8 @@ def make_app(registry: CollectorRegistry, healthz: Probe, readyz: Probe) -> Any:
         if path in probes:
             ok, reason = probes[path]()
             return _text(start_response, "200 OK" if ok else "503 Service Unavailable", reason)
+        if path.startswith("/api/") and api is not None:
+            return api(environ, start_response)
         return _text(start_response, "404 Not Found", "not found")
 
     return app

@@ -13,13 +13,15 @@ custom-check query makes only that check ``unknown``.
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from watchdog.alerts import SOURCE_CHECK, AlertEvent, AlertStatus, AlertTracker
+from watchdog.alerts import SOURCE_CHECK, AlertEvent, AlertStatus, AlertTracker, alert_labels
 from watchdog.config import CheckConfig, Settings
-from watchdog.delivery import Dispatcher
-from watchdog.exceptions import InvalidResponse, SourceError
+from watchdog.delivery import Dispatcher, Policy
+from watchdog.durations import iso_time
+from watchdog.exceptions import InvalidResponse, SourceError, StoreError
 from watchdog.freshness import (
     LAST_SUCCESS,
     CheckResult,
@@ -38,7 +40,10 @@ from watchdog.notifications import explain, printable, subject
 from watchdog.prometheus import PrometheusClient, QueryResult
 from watchdog.queries import SIGNAL_LABEL, check_query, last_success_query, push_query
 from watchdog.receivers import build_receiver
+from watchdog.routing import Router
 from watchdog.rules import RuleBook
+from watchdog.silences import SilenceBook
+from watchdog.store import StateStore
 from watchdog.transport import new_session
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,8 @@ class Watchdog:
         clock: Clock = time.time,
         metrics: WatchdogMetrics | None = None,
         client: PrometheusClient | None = None,
+        store: StateStore | None = None,
+        silences: SilenceBook | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -81,13 +88,25 @@ class Watchdog:
         self.metrics = metrics or WatchdogMetrics(r.name for r in settings.receivers)
         self.client = client or PrometheusClient.from_config(settings.prometheus)
         receivers = [build_receiver(r, new_session()) for r in settings.receivers]
-        self.dispatcher = Dispatcher(receivers, self.metrics, clock)
-        self.tracker = AlertTracker(self.rules.upstreams())
+        policies = {
+            r.name: Policy(tuple(r.group_by), r.max_alerts, r.send_resolved)
+            for r in settings.receivers
+        }
+        self.dispatcher = Dispatcher(receivers, self.metrics, clock, policies)
+
+        # Without a store (``check``, tests) alert state lives only in this object.
+        self.store = store
+        self.silences = silences
+        records = store.load_alerts() if store is not None else {}
+        self.tracker = AlertTracker(
+            self.rules, Router(settings.receivers), records, silenced=self._silenced
+        )
 
         self._lock = threading.Lock()
         self._results: dict[StatusKey, PipelineStatus] = {}
         self._known_states: dict[StatusKey, FreshnessState] = {}
         self._source_alert_since: float | None = None
+        self._unsaved: set[StatusKey] | None = None  # deletions not yet written, after a failure
         self.failures_in_a_row = 0
         self.cycles = 0
         self.last_cycle_at: float | None = None
@@ -96,6 +115,38 @@ class Watchdog:
         """The latest status of every pipeline and check (safe from other threads)."""
         with self._lock:
             return dict(self._results)
+
+    def alerts_view(self) -> list[dict[str, Any]]:
+        """Every watched pipeline and check with its alert, for ``GET /api/v1/alerts``."""
+        now = self.clock()
+        records = self.tracker.records()
+        view = []
+        for key, status in sorted(self.results().items()):
+            record = records.get(key)
+            severity = record.severity if record else status.severity
+            labels = alert_labels(status, severity)
+            silence = self.silences.silencing(labels, now) if self.silences else None
+            view.append(
+                {
+                    "pipeline": status.pipeline,
+                    "check": status.check,
+                    "state": str(status.state),
+                    "alert": record.state if record else "inactive",
+                    "severity": severity,
+                    "since": iso_time(record.active_since if record else None),
+                    "firing_since": iso_time(record.firing_since if record else None),
+                    "age_seconds": None if status.age is None else round(status.age, 3),
+                    "threshold": status.threshold,
+                    "next_deadline": iso_time(status.deadline),
+                    "last_success": iso_time(status.last_success),
+                    "silenced_by": silence.id if silence else None,
+                    "held_by": record.held_by if record else None,
+                    "last_notified_at": iso_time(record.last_notified_at if record else None),
+                    "receivers": list(record.receivers) if record else [],
+                    "labels": status.labels,
+                }
+            )
+        return view
 
     def statuses(self) -> dict[str, PipelineStatus]:
         """The latest built-in check's status per pipeline (safe from other threads)."""
@@ -201,8 +252,9 @@ class Watchdog:
         self._log_changes(evaluation)
 
         now = max((s.evaluated_at for s in results.values()), default=self.clock())
-        events = self.tracker.update(results.values(), evaluation.forgotten)
+        events = self.tracker.update(results.values(), evaluation.forgotten, now)
         events += self._source_recovered(now)
+        self._persist()
         self.dispatcher.submit(events, now)
 
         with self._lock:
@@ -215,6 +267,43 @@ class Watchdog:
         self.metrics.prometheus_up.set(1)
         self.metrics.last_evaluation.set(self.clock())
         return CycleOutcome(results=results, events=events)
+
+    def _silenced(self, labels: Mapping[str, str], now: float) -> bool:
+        # Silences are timed by the local clock, as people set them; ``now`` is
+        # Prometheus's evaluation time and only differs by clock skew.
+        return (
+            self.silences is not None and self.silences.silencing(labels, self.clock()) is not None
+        )
+
+    def _persist(self) -> None:
+        """Write what the lifecycle changed before anything is sent about it.
+
+        A decision is stored first, so a restart never sends the same news twice; a
+        kill between the write and the delivery loses that message (the durable
+        outbox closes that gap).
+        """
+        changed, deleted = self.tracker.drain_changes()
+        for transition in self.tracker.last_transitions:
+            self.metrics.alert_transitions.labels(transition.old, transition.new).inc()
+        self.metrics.observe_alerts(self.tracker.records().values())
+        if self.silences is not None:
+            self.metrics.silences_active.set(len(self.silences.active(self.clock())))
+        if self.store is None:
+            return
+        if self._unsaved is not None:
+            # The last write failed: write everything, so the file cannot keep old rows.
+            changed = list(self.tracker.records().values())
+            deleted = sorted(self._unsaved | set(deleted))
+        if not (changed or deleted):
+            return
+        try:
+            self.store.save_alerts(changed, deleted)
+        except (StoreError, ValueError) as exc:
+            # Keep evaluating and notifying from memory; the state file catches up later.
+            log.error("alert state not saved (%d changes): %s", len(changed) + len(deleted), exc)
+            self._unsaved = set(deleted) | (self._unsaved or set())
+        else:
+            self._unsaved = None
 
     def _failed(self, exc: SourceError, started: float) -> CycleOutcome:
         self.failures_in_a_row += 1
