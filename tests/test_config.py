@@ -308,3 +308,38 @@ def test_misspelt_environment_variables_are_reported(monkeypatch: pytest.MonkeyP
     )
 
     assert found == ["WATCHDOG_EVALUATION_INTERVALL"]
+
+
+@pytest.mark.parametrize(
+    ("api", "expected"),
+    [
+        ({"token": ""}, "api.token: must not be empty"),
+        ({"token_file": "/nonexistent/token"}, "api.token_file: cannot read '/nonexistent/token'"),
+    ],
+)
+def test_api_token_problems_are_found_at_load(write_config, api: dict, expected: str) -> None:
+    found = problems(write_config({"api": api}))
+
+    assert found[0].startswith(expected)
+
+
+def test_api_token_from_a_file_is_read_at_load(write_config, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+
+    settings = load_settings(write_config({"api": {"token_file": str(token_file)}}))
+
+    assert settings.api.resolve_token() == "s3cret-token"
+    assert "s3cret-token" not in repr(settings)
+
+
+def test_silence_matching_every_alert_is_refused(write_config) -> None:
+    silence = {
+        "matchers": [{"name": "team", "value": ".*", "is_regex": True}],
+        "ends_at": "2030-01-01T00:00:00Z",
+        "comment": "oops",
+    }
+
+    found = problems(write_config({"silences": [silence]}))
+
+    assert found == ["silences[0]: its matchers match every alert; name something to silence"]

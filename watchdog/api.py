@@ -246,7 +246,7 @@ def _json(
     body: object,
     headers: Iterable[tuple[str, str]] = (),
 ) -> list[bytes]:
-    data = (json.dumps(body) + "\n").encode()
+    data = (json.dumps(body, allow_nan=False, default=str) + "\n").encode()
     start_response(
         f"{status} {HTTPStatus(status).phrase}",
         [

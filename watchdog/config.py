@@ -575,8 +575,8 @@ class StateConfig(_Section):
 class ApiConfig(_Section):
     """The token that protects the HTTP API's writes; without one they are disabled."""
 
-    token: SecretStr | None = None
-    token_file: Path | None = None
+    token: HeaderSecret | None = None
+    token_file: HeaderSecretFile | None = None
 
     @model_validator(mode="after")
     def _one_token(self) -> "ApiConfig":
@@ -585,10 +585,11 @@ class ApiConfig(_Section):
         return self
 
     def resolve_token(self) -> str | None:
+        """The token, read from its file when the configuration was loaded."""
         if self.token is not None:
             return self.token.get_secret_value()
         if self.token_file is not None:
-            return self.token_file.read_text(encoding="utf-8").strip()
+            return self.token_file.value.get_secret_value()
         return None
 
 
@@ -620,7 +621,17 @@ class SilenceConfig(_Section):
     def _ends_after_start(self) -> "SilenceConfig":
         if self.starts_at is not None and self.ends_at <= self.starts_at:
             raise ValueError("ends_at must be after starts_at")
+        if all(_matches_empty(m) for m in self.matchers):
+            # As Alertmanager refuses: such a silence would mute every alert.
+            raise ValueError("its matchers match every alert; name something to silence")
         return self
+
+
+def _matches_empty(matcher: MatcherConfig) -> bool:
+    """Whether the matcher holds for an alert without the label (value "")."""
+    empty = matcher.value == ""
+    hit = re.fullmatch(matcher.value, "") is not None if matcher.is_regex else empty
+    return hit == matcher.is_equal
 
 
 class Settings(BaseSettings):

@@ -13,6 +13,9 @@ Everything the watchdog raises on purpose derives from :class:`WatchdogError`:
 - :class:`StoreError`: the state file (``state.path``) cannot be opened, read or
   written; one line naming the path and the cause.
 
+One more lives beside its subject: :class:`watchdog.silences.ConfigSilenceError`,
+raised when the API is asked to expire a silence written in the configuration.
+
 Messages never contain URLs or credentials: webhook URLs are secrets, and a
 Prometheus URL may carry a password.
 """
