@@ -54,7 +54,8 @@ def test_each_problem_is_one_line_naming_the_field(write_config) -> None:
         "pipelines[2].max_age: invalid duration '2 hours' "
         "(expected e.g. 500ms, 30s, 5m, 2h, 1d or seconds)",
         "pipelines[3].maxage: unknown setting",
-        "receivers[0]: unknown type 'pager' (expected 'webhook', 'slack')",
+        "receivers[0]: unknown type 'pager' "
+        "(expected 'webhook', 'slack', 'pagerduty', 'alertmanager')",
     ]
 
 

@@ -37,16 +37,16 @@ INSERT INTO meta VALUES ('schema_version', '1');
 
 
 class StoreWithOutbox(StateStore):
-    """The store as it will be once a second schema version exists."""
+    """The store as it will be once a later schema version exists."""
 
     MIGRATIONS = (
         *MIGRATIONS,
         (
-            "CREATE TABLE outbox (id INTEGER PRIMARY KEY, body TEXT NOT NULL)",
+            "CREATE TABLE future (id INTEGER PRIMARY KEY, body TEXT NOT NULL)",
             "ALTER TABLE alerts ADD COLUMN note TEXT",
         ),
     )
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def alert(pipeline: str = "train", check: str = "last_success", **changes: object) -> AlertRecord:
@@ -503,18 +503,18 @@ def test_older_file_is_migrated_to_the_current_version(
         alerts = store.load_alerts()
 
     assert list(alerts) == [("train", "last_success")]
-    assert schema_version(path) == "2"
+    assert schema_version(path) == str(StoreWithOutbox.SCHEMA_VERSION)
     with sqlite3.connect(path) as connection:
         assert connection.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
     connection.close()
-    assert "schema migrated from version 1 to 2" in caplog.text
+    assert f"schema migrated from version 1 to {StoreWithOutbox.SCHEMA_VERSION}" in caplog.text
 
 
 def test_new_file_gets_every_migration(path: Path) -> None:
     with StoreWithOutbox.open(path) as store:
         store.save_alerts([alert()])
 
-    assert schema_version(path) == "2"
+    assert schema_version(path) == str(StoreWithOutbox.SCHEMA_VERSION)
 
 
 def test_file_from_a_newer_version_is_refused_and_left_alone(path: Path) -> None:
@@ -525,7 +525,8 @@ def test_file_from_a_newer_version_is_refused_and_left_alone(path: Path) -> None
         StateStore.open(path)
 
     assert str(raised.value) == (
-        f"state.path '{path}': written by a newer pipeline-watchdog (schema version 2, "
+        f"state.path '{path}': written by a newer pipeline-watchdog "
+        f"(schema version {StateStore.SCHEMA_VERSION + 1}, "
         f"this one knows up to {StateStore.SCHEMA_VERSION}); refusing to downgrade"
     )
     assert path.read_bytes() == content
@@ -537,8 +538,8 @@ def test_failed_migration_changes_nothing(path: Path) -> None:
     write_v1_file(path, ("train", "last_success"))
 
     class BrokenMigration(StateStore):
-        MIGRATIONS = (*MIGRATIONS, ("CREATE TABLE outbox (id INTEGER)", "NOT SQL"))
-        SCHEMA_VERSION = 2
+        MIGRATIONS = (*MIGRATIONS, ("CREATE TABLE future (id INTEGER)", "NOT SQL"))
+        SCHEMA_VERSION = len(MIGRATIONS)
 
     with pytest.raises(StoreError, match='cannot open: near "NOT": syntax error'):
         BrokenMigration.open(path)

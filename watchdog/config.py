@@ -549,10 +549,106 @@ def _check_receiver_url(url: str) -> None:
         raise ValueError("must be an http:// or https:// URL")
 
 
+# Set by the watchdog on every webhook request: the idempotency key and the signature.
+_WEBHOOK_HEADERS = frozenset({"idempotency-key", "x-watchdog-timestamp", "x-watchdog-signature"})
+
+
 class WebhookReceiverConfig(_ReceiverConfig):
-    """A generic JSON webhook (schema in the README)."""
+    """A JSON webhook: the watchdog's own body (schema in the README), or the body
+    Alertmanager's webhook sends (``format: alertmanager``).
+
+    Secrets (header values, ``bearer_token``, ``basic_auth.password``,
+    ``hmac_secret``) are ``SecretStr`` and each has a ``*_file`` twin read at load
+    time.  With an HMAC secret each request is signed when it is sent.
+    """
 
     type: Literal["webhook"]
+    format: Literal["watchdog", "alertmanager"] = "watchdog"
+    external_url: str | None = None  # the watchdog as people reach it, for links
+    headers: dict[str, HeaderSecret] = {}
+    header_files: dict[str, HeaderSecretFile] = {}
+    bearer_token: HeaderSecret | None = None
+    bearer_token_file: HeaderSecretFile | None = None
+    basic_auth: BasicAuthConfig | None = None
+    hmac_secret: Password | None = None
+    hmac_secret_file: SecretFile | None = None
+
+    @field_validator("headers", "header_files")
+    @classmethod
+    def _webhook_header_names(cls, headers: dict[str, Any]) -> dict[str, Any]:
+        for name in headers:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"invalid header name {name!r}")
+            if name.lower() in _RESERVED_HEADERS | _WEBHOOK_HEADERS:
+                raise ValueError(f"{name} is set by the watchdog itself")
+        return headers
+
+    @field_validator("external_url")
+    @classmethod
+    def _plain_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if not re.match(r"^https?://[^/\s@]+", url) or parts.query or parts.fragment:
+            raise ValueError("must be an http:// or https:// URL without credentials or query")
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_way_each_secret(self) -> "WebhookReceiverConfig":
+        for inline, file in (
+            ("bearer_token", "bearer_token_file"),
+            ("hmac_secret", "hmac_secret_file"),
+        ):
+            if getattr(self, inline) is not None and getattr(self, file) is not None:
+                raise ValueError(f"set only one of {inline} and {file}")
+        if self.basic_auth is not None and self._bearer_token() is not None:
+            raise ValueError("set only one of bearer_token and basic_auth")
+
+        named = [name.lower() for name in [*self.headers, *self.header_files]]
+        twice = sorted({name for name in named if named.count(name) > 1})
+        if twice:
+            raise ValueError(f"header {twice[0]!r} is set in both headers and header_files")
+        if "authorization" in named and (self.basic_auth or self._bearer_token()):
+            raise ValueError("Authorization is set in headers and by bearer_token or basic_auth")
+
+        if self.external_url is not None and self.format != "alertmanager":
+            raise ValueError("external_url only applies to format: alertmanager")
+        return self
+
+    def request_headers(self) -> dict[str, str]:
+        """The configured headers and the bearer token, as sent: keep them out of logs.
+        (``basic_auth`` is added by the receiver.)"""
+        headers = {name: value.get_secret_value() for name, value in self.headers.items()}
+        for name, secret in self.header_files.items():
+            headers[name] = secret.value.get_secret_value()
+
+        token = self._bearer_token()
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    def resolve_hmac_secret(self) -> str | None:
+        """The signing secret, read from its file when the configuration was loaded."""
+        if self.hmac_secret_file is not None:
+            return self.hmac_secret_file.value.get_secret_value()
+        if self.hmac_secret is not None:
+            return self.hmac_secret.get_secret_value()
+        return None
+
+    def secret_values(self) -> list[str]:
+        """Every secret as sent or known to the receiver, to keep out of what is reported."""
+        values = list(self.request_headers().values())
+        for secret in (self._bearer_token(), self.resolve_hmac_secret()):
+            if secret is not None:
+                values.append(secret)
+        if self.basic_auth is not None:
+            values.append(self.basic_auth.resolve_password())
+        return values
+
+    def _bearer_token(self) -> str | None:
+        if self.bearer_token_file is not None:
+            return self.bearer_token_file.value.get_secret_value()
+        if self.bearer_token is not None:
+            return self.bearer_token.get_secret_value()
+        return None
 
 
 class SlackReceiverConfig(_ReceiverConfig):
@@ -561,9 +657,47 @@ class SlackReceiverConfig(_ReceiverConfig):
     type: Literal["slack"]
 
 
+class PagerDutyReceiverConfig(_ReceiverConfig):
+    """PagerDuty Events API v2: ``url`` is the events endpoint, with no default."""
+
+    type: Literal["pagerduty"]
+
+
+class AlertmanagerReceiverConfig(_ReceiverConfig):
+    """A Prometheus Alertmanager: alerts are pushed to its ``/api/v2/alerts``.
+
+    ``url`` is Alertmanager's base URL (``http://alertmanager:9093``, plus its
+    ``--web.route-prefix`` if it has one).  Firing alerts are sent again every
+    cycle; resolved ones for ``resolved_resend_for`` after they resolved (15
+    minutes, as Prometheus does), so that a restarted Alertmanager still learns
+    of the all-clear.  ``send_resolved: false`` sends no resolutions: an alert
+    then ends in Alertmanager when its ``endsAt`` passes.  ``basic_auth`` is for an
+    Alertmanager started with ``--web.config.file``.  ``group_by`` and
+    ``max_alerts`` do not apply: Alertmanager groups alerts itself.
+    """
+
+    type: Literal["alertmanager"]
+    resolved_resend_for: Duration = 900.0
+    basic_auth: BasicAuthConfig | None = None
+
+
 ReceiverConfig = Annotated[
-    WebhookReceiverConfig | SlackReceiverConfig, Field(discriminator="type")
+    WebhookReceiverConfig
+    | SlackReceiverConfig
+    | PagerDutyReceiverConfig
+    | AlertmanagerReceiverConfig,
+    Field(discriminator="type"),
 ]
+
+
+class DeliveryConfig(_Section):
+    """How hard the watchdog tries to deliver one notification."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 20
+    max_age: PositiveDuration = 21600.0  # a notification older than this is given up
+    initial_backoff: PositiveDuration = 1.0
+    max_backoff: PositiveDuration = 300.0
+    shutdown_timeout: Duration = 10.0  # time the outbox gets to drain on SIGTERM
 
 
 class StateConfig(_Section):
@@ -658,6 +792,7 @@ class Settings(BaseSettings):
     pipelines: list[PipelineConfig] = []
     checks: list[CheckConfig] = []
     receivers: list[ReceiverConfig] = []
+    delivery: DeliveryConfig = DeliveryConfig()
     state: StateConfig = StateConfig()
     api: ApiConfig = ApiConfig()
     silences: list[SilenceConfig] = []
@@ -851,7 +986,7 @@ def _describe(error: Any) -> str:
         tag, expected = error["ctx"]["tag"], error["ctx"]["expected_tags"]
         message = f"unknown type {tag!r} (expected {expected})"
     elif kind == "union_tag_not_found":
-        message = "'type' is required (webhook or slack)"
+        message = "'type' is required (webhook, slack, pagerduty or alertmanager)"
     else:
         message = error["msg"][0].lower() + error["msg"][1:]
     return f"{location}: {message}" if location else message
@@ -862,7 +997,7 @@ def _location(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in ("webhook", "slack") and text.endswith("]"):
+        elif part in ("webhook", "slack", "pagerduty", "alertmanager") and text.endswith("]"):
             continue  # the discriminator pydantic inserts for tagged unions
         else:
             text += f".{part}" if text else str(part)

@@ -94,6 +94,7 @@ class Daemon:
             next_run_time=datetime.now(UTC),
         )
         self.scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
+        self.watchdog.dispatcher.start()
         self.scheduler.start()
         log.info(
             "pipeline-watchdog %s started: prometheus=%s every %gs, %d expected pipelines, "
@@ -119,6 +120,7 @@ class Daemon:
     def stop(self) -> None:
         """Wait for a running cycle to finish, then stop serving and close the state file."""
         self.scheduler.shutdown(wait=True)
+        self.watchdog.dispatcher.stop(self.settings.delivery.shutdown_timeout)
         self.server.stop()
         self.store.close()
         log.info("pipeline-watchdog stopped")

@@ -90,9 +90,10 @@ class InvalidResponse(SourceError):
 class DeliveryError(WatchdogError):
     """A notification was not accepted by its receiver."""
 
-    def __init__(self, reason: str, *, permanent: bool) -> None:
+    def __init__(self, reason: str, *, permanent: bool, retry_after: float | None = None) -> None:
         self.reason = reason
         self.permanent = permanent
+        self.retry_after = retry_after  # seconds the receiver asked us to wait, if it did
         super().__init__(reason)
 
 

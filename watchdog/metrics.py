@@ -169,6 +169,25 @@ class WatchdogMetrics:
             ["receiver", "result"],
             registry=self.registry,
         )
+        self.notification_attempts = Counter(
+            "ml_watchdog_notification_attempts",
+            "Attempts to send a notification message, by receiver and result.",
+            ["receiver", "result"],
+            registry=self.registry,
+        )
+        self.delivery_duration = Histogram(
+            "ml_watchdog_notification_delivery_seconds",
+            "Time from the decision to notify to the receiver's 2xx.",
+            ["receiver"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600),
+            registry=self.registry,
+        )
+        self.outbox_pending = Gauge(
+            "ml_watchdog_outbox_pending",
+            "Notification messages in the outbox: decided, not yet delivered.",
+            ["receiver"],
+            registry=self.registry,
+        )
         self.pending_notifications = Gauge(
             "ml_watchdog_notifications_pending",
             "Notifications waiting for delivery or for a retry.",
@@ -214,6 +233,9 @@ class WatchdogMetrics:
         for receiver in receivers:
             for result in ("sent", "failed"):
                 self.notifications.labels(receiver, result)
+            for result in ("delivered", "failed"):
+                self.notification_attempts.labels(receiver, result)
+            self.outbox_pending.labels(receiver)
 
     def observe_statuses(self, statuses: Iterable[PipelineStatus]) -> None:
         self.pipelines.update(statuses)

@@ -5,8 +5,15 @@ that started firing, one listing those that resolved.  The generic webhook body 
 versioned (``"version": "1"``); its schema is in the README.  Summaries name the
 pipeline, how late it is and the threshold, so the person paged at night need not
 open a dashboard to know what is wrong.
+
+Besides the generic body, a notification can be written as Alertmanager's webhook
+body (version 4), as PagerDuty events (one per alert) and as Slack messages (split
+into parts when it lists more alerts than one message can hold).
 """
 
+import hashlib
+import json
+import re
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,6 +30,30 @@ WEBHOOK_SCHEMA_VERSION = "1"
 # Slack allows 50 blocks a message; a header, a context line and one section per alert.
 # https://api.slack.com/reference/block-kit/blocks
 _SLACK_MAX_ALERT_SECTIONS = 40
+SLACK_MAX_BLOCKS = 50
+# https://api.slack.com/reference/block-kit/blocks#section
+SLACK_MAX_SECTION_TEXT = 3000
+# Slack asks for a top-level text of at most 4000 characters (longer is cut at 40000).
+# https://api.slack.com/methods/chat.postMessage#truncating
+SLACK_MAX_TEXT = 4000
+# A notification listing more alerts is split into parts of this many, up to this
+# many parts; the last part then says how many more there are.
+SLACK_ALERTS_PER_PART = _SLACK_MAX_ALERT_SECTIONS
+SLACK_MAX_PARTS = 5
+
+ALERTMANAGER_SCHEMA_VERSION = "4"
+# How Go writes its zero time.Time; Alertmanager sends it as endsAt while an alert fires.
+ALERTMANAGER_NOT_ENDED = "0001-01-01T00:00:00Z"
+
+# The alertname label of each kind of alert, in Alertmanager-format bodies.
+ALERTNAME_STALE = "PipelineStale"  # the built-in last_success check
+ALERTNAME_CHECK = "PipelineCheckFailing"  # a custom check
+ALERTNAME_SOURCE = "WatchdogCannotEvaluate"  # Prometheus cannot be queried
+
+# https://developer.pagerduty.com/docs/events-api-v2/trigger-events/
+PAGERDUTY_MAX_SUMMARY = 1024
+PAGERDUTY_MAX_DEDUP_KEY = 255
+PAGERDUTY_SOURCE = "pipeline-watchdog"
 
 
 @dataclass(frozen=True)
@@ -223,25 +254,60 @@ def _rounded(seconds: float | None) -> float | None:
 
 
 def slack_body(notification: Notification) -> dict[str, Any]:
-    """A Slack incoming-webhook message: ``text`` for previews, blocks for the layout."""
-    firing = notification.status is AlertStatus.firing
-    icon = ":red_circle:" if firing else ":large_green_circle:"
-    title = f"{icon} {headline(notification)}"
+    """A Slack incoming-webhook message: ``text`` for previews, blocks for the layout.
 
+    One message: alerts beyond the first 40 are only counted.  Receivers send
+    :func:`slack_messages`, which lists more of them over several messages.
+    """
     events = notification.events
     shown = events[:_SLACK_MAX_ALERT_SECTIONS]
-    # A section's text is capped at 3000 characters by Slack; names can be long.
-    blocks: list[dict[str, Any]] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{_escape(title)}*"[:3000]}}
-    ]
-    blocks += [_slack_section(event) for event in shown]
     hidden = len(events) - len(shown) + notification.omitted
+    return _slack_message(_slack_title(notification), shown, hidden)
+
+
+def slack_messages(notification: Notification) -> list[dict[str, Any]]:
+    """The Slack messages that carry ``notification``, each within Slack's limits.
+
+    Up to 40 alerts go in one message.  More are split into parts of 40 alerts,
+    each titled "part k of n", up to 5 parts; alerts beyond 200 are not listed but
+    counted ("…and N more") at the end of the last part, with those the receiver's
+    ``max_alerts`` left out.
+    """
+    events = notification.events
+    listed = events[: SLACK_ALERTS_PER_PART * SLACK_MAX_PARTS]
+    chunks = [
+        listed[start : start + SLACK_ALERTS_PER_PART]
+        for start in range(0, len(listed), SLACK_ALERTS_PER_PART)
+    ] or [[]]
+    hidden = len(events) - len(listed) + notification.omitted
+
+    title = _slack_title(notification)
+    if len(chunks) == 1:
+        return [_slack_message(title, chunks[0], hidden)]
+
+    messages = []
+    for number, chunk in enumerate(chunks, start=1):
+        part = f"{title} (part {number} of {len(chunks)})"
+        messages.append(_slack_message(part, chunk, hidden if number == len(chunks) else 0))
+    return messages
+
+
+def _slack_title(notification: Notification) -> str:
+    firing = notification.status is AlertStatus.firing
+    icon = ":red_circle:" if firing else ":large_green_circle:"
+    return f"{icon} {headline(notification)}"
+
+
+def _slack_message(title: str, events: list[AlertEvent], hidden: int) -> dict[str, Any]:
+    """One message: the title, a section per alert, then how many are not listed."""
+    blocks: list[dict[str, Any]] = [_mrkdwn_section(f"*{_escape(title)}*")]
+    blocks += [_slack_section(event) for event in events]
     if hidden:
         more = f"…and {hidden} more"
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": more}]})
 
-    text = _escape(title + "\n" + "\n".join(summarize(event) for event in events[:10]))
-    return {"text": text, "blocks": blocks}
+    lines = [title, *(summarize(event) for event in events[:10])]
+    return {"text": _cut_escaped(_escape("\n".join(lines)), SLACK_MAX_TEXT), "blocks": blocks}
 
 
 def _slack_section(event: AlertEvent) -> dict[str, Any]:
@@ -251,10 +317,206 @@ def _slack_section(event: AlertEvent) -> dict[str, Any]:
         lines.append(f"Last success: {iso_time(status.last_success)}")
     if status.threshold:
         lines.append(f"Threshold: {_escape(status.threshold)}")
-    return {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)[:3000]}}
+    return _mrkdwn_section("\n".join(lines))
+
+
+def _mrkdwn_section(text: str) -> dict[str, Any]:
+    # Names and reasons come from label values and can be long: stay within the limit.
+    text = _cut_escaped(text, SLACK_MAX_SECTION_TEXT)
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
 
 
 def _escape(text: str) -> str:
     # Slack's mrkdwn treats these three as control characters.
     # https://api.slack.com/reference/surfaces/formatting#escaping
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters, ending in … when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _cut_escaped(text: str, limit: int) -> str:
+    """Like :func:`_cut`, for escaped text: never ends inside an escape like ``&amp;``."""
+    if len(text) <= limit:
+        return text
+    return re.sub(r"&[a-z]*$", "", text[: limit - 1]) + "…"
+
+
+# Alertmanager webhook format -----------------------------------------------------
+
+
+def alertname(event: AlertEvent) -> str:
+    """The alert's name in Alertmanager terms: fixed per kind of check."""
+    if event.is_source:
+        return ALERTNAME_SOURCE
+    if event.pipeline.check == LAST_SUCCESS:
+        return ALERTNAME_STALE
+    return ALERTNAME_CHECK
+
+
+def alertmanager_body(notification: Notification, external_url: str = "") -> dict[str, Any]:
+    """The body Alertmanager's webhook receiver gets (version 4), for tools that read it.
+
+    https://prometheus.io/docs/alerting/latest/configuration/#webhook_config
+    """
+    alerts = [
+        _alertmanager_alert(event, notification, external_url) for event in notification.events
+    ]
+    firing = any(alert["status"] == "firing" for alert in alerts)
+    return {
+        "version": ALERTMANAGER_SCHEMA_VERSION,
+        "groupKey": _group_key(notification),
+        "truncatedAlerts": notification.omitted,
+        "status": "firing" if firing else "resolved",
+        "receiver": notification.receiver,
+        "groupLabels": dict(notification.group),
+        "commonLabels": _common([alert["labels"] for alert in alerts]),
+        "commonAnnotations": _common([alert["annotations"] for alert in alerts]),
+        "externalURL": external_url,
+        "alerts": alerts,
+    }
+
+
+def _alertmanager_alert(
+    event: AlertEvent, notification: Notification, external_url: str
+) -> dict[str, Any]:
+    firing = event.status is AlertStatus.firing
+    # The alert's end is the evaluation that resolved it, never before its start.
+    ended = max(notification.created_at, event.firing_since)
+    labels = alertmanager_labels(event)
+    return {
+        "status": str(event.status),
+        "labels": labels,
+        "annotations": {"summary": _short_summary(event), "description": summarize(event)},
+        "startsAt": iso_time(event.firing_since) or ALERTMANAGER_NOT_ENDED,
+        "endsAt": ALERTMANAGER_NOT_ENDED if firing else iso_time(ended),
+        "generatorURL": f"{external_url}/api/v1/alerts" if external_url else "",
+        "fingerprint": fingerprint(event),
+    }
+
+
+def alertmanager_labels(event: AlertEvent) -> dict[str, str]:
+    """The alert's labels, then ``alertname``, ``pipeline``, ``check`` and ``severity``
+    (these four win over a carried label of the same name)."""
+    labels = dict(event.pipeline.labels)
+    labels["alertname"] = alertname(event)
+    if not event.is_source:
+        labels["pipeline"] = event.pipeline.pipeline
+    labels["check"] = event.pipeline.check
+    labels["severity"] = event.severity
+    return labels
+
+
+def fingerprint(event: AlertEvent) -> str:
+    """16 hex digits naming the alert (its pipeline and check), stable across
+    notifications: a severity change or a new carried label does not make it a
+    different alert, so its resolution closes what its firing opened."""
+    identity = {
+        "alertname": alertname(event),
+        "pipeline": "" if event.is_source else event.pipeline.pipeline,
+        "check": event.pipeline.check,
+    }
+    text = json.dumps(sorted(identity.items()), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _group_key(notification: Notification) -> str:
+    """Alertmanager's ``<route>:<group labels>``, with the receiver standing for the
+    route, so that each receiver's groups keep their own key."""
+    route = "{}/{receiver=" + json.dumps(notification.receiver, ensure_ascii=False) + "}"
+    labels = ", ".join(
+        f"{name}={json.dumps(value, ensure_ascii=False)}"
+        for name, value in sorted(notification.group.items())
+    )
+    return f"{route}:{{{labels}}}"
+
+
+def _common(maps: list[dict[str, str]]) -> dict[str, str]:
+    """The pairs every map has, with the same value (empty for no maps)."""
+    if not maps:
+        return {}
+    common = dict(maps[0])
+    for other in maps[1:]:
+        common = {key: value for key, value in common.items() if other.get(key) == value}
+    return common
+
+
+def _short_summary(event: AlertEvent) -> str:
+    """A few words for a title: ``train is stale``, ``train recovered``."""
+    status = event.pipeline
+    firing = event.status is AlertStatus.firing
+    if event.is_source:
+        return f"pipeline-watchdog {'cannot' if firing else 'can'} evaluate pipelines"
+    if not firing:
+        return f"{subject(status)} {'alert closed' if event.reason else 'recovered'}"
+    if event.severity == "warning":
+        return f"{subject(status)} is getting late"
+    return f"{subject(status)} {_STATE_WORDS[status.state]}"
+
+
+# PagerDuty Events API v2 ---------------------------------------------------------
+
+
+def pagerduty_events(notification: Notification) -> list[dict[str, Any]]:
+    """One Events API v2 event per alert, without ``routing_key`` (added at send time).
+
+    A firing alert (started, escalated or reminded) is a ``trigger``, a resolved one
+    a ``resolve``; both carry the alert's ``dedup_key``, so PagerDuty folds a
+    reminder into the open incident and the resolve closes it.
+    https://developer.pagerduty.com/docs/events-api-v2/trigger-events/
+    """
+    return [_pagerduty_event(event) for event in notification.events]
+
+
+def dedup_key(event: AlertEvent) -> str:
+    """``pipeline-watchdog/<pipeline>/<check>``: the same for every event of one alert.
+
+    PagerDuty takes at most 255 characters; a longer key is replaced by a hash of it.
+    """
+    if event.is_source:
+        return f"{PAGERDUTY_SOURCE}/{SOURCE_CHECK}"
+    key = f"{PAGERDUTY_SOURCE}/{event.pipeline.pipeline}/{event.pipeline.check}"
+    if len(key) <= PAGERDUTY_MAX_DEDUP_KEY:
+        return key
+    return f"{PAGERDUTY_SOURCE}/sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def _pagerduty_event(event: AlertEvent) -> dict[str, Any]:
+    if event.status is AlertStatus.resolved:
+        # A resolve needs only the key; a payload would be ignored.
+        # https://developer.pagerduty.com/docs/events-api-v2/overview/
+        return {"event_action": "resolve", "dedup_key": dedup_key(event)}
+
+    status = event.pipeline
+    payload = {
+        "summary": _cut(summarize(event), PAGERDUTY_MAX_SUMMARY),
+        "source": PAGERDUTY_SOURCE,
+        # Our two severities are two of PagerDuty's four (critical, error, warning, info).
+        "severity": "warning" if event.severity == "warning" else "critical",
+        "timestamp": iso_time(status.evaluated_at),
+        "component": PAGERDUTY_SOURCE if event.is_source else status.pipeline,
+        "group": status.check,
+        "class": "late" if event.severity == "warning" else str(status.state),
+        "custom_details": _pagerduty_details(event),
+    }
+    return {"event_action": "trigger", "dedup_key": dedup_key(event), "payload": payload}
+
+
+def _pagerduty_details(event: AlertEvent) -> dict[str, Any]:
+    status = event.pipeline
+    return {
+        "kind": str(event.kind),
+        "state": str(status.state),
+        "age_seconds": _rounded(status.age),
+        "threshold": status.threshold,
+        "last_success": iso_time(status.last_success),
+        "next_deadline": iso_time(status.deadline),
+        "overdue_seconds": _rounded(status.overdue),
+        "lag_seconds": _rounded(status.lag),
+        "firing_since": iso_time(event.firing_since),
+        "reason": status.reason,
+        "labels": dict(status.labels),
+        "holding": list(event.holding),
+    }

@@ -1,11 +1,23 @@
 """Receivers: the HTTP endpoints notifications are delivered to.
 
-Each receiver turns a notification into its own body and POSTs it.  Transport
-errors are translated here into :class:`~watchdog.exceptions.DeliveryError` whose
-text never contains the URL: a webhook URL (Slack's above all) is a credential.
+A receiver works in two steps, so that what is decided can be stored before it is
+sent (the outbox):
+
+1. ``render`` turns a notification into one or more :class:`Message` (a Slack
+   message that would break Slack's limits is split), each with a stable id;
+2. ``deliver`` POSTs one message; the id goes out as the ``Idempotency-Key``
+   header (and in the body) so a receiver can drop a repeat after a retry or a
+   restart.
+
+Transport errors are translated here into
+:class:`~watchdog.exceptions.DeliveryError` whose text never contains the URL: a
+webhook URL (Slack's above all) is a credential.
 """
 
+import email.utils
 import json
+import time
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -19,16 +31,36 @@ from watchdog.transport import Answer, is_timeout, post, transport_reason
 # Receivers answer "ok" or a short error; nothing larger is worth reading.
 MAX_ANSWER_BYTES = 64 * 1024
 
+# A Retry-After beyond this is taken as this: the retry budget decides the rest.
+MAX_RETRY_AFTER = 3600.0
+
+
+@dataclass(frozen=True)
+class Message:
+    """One HTTP body for one receiver, ready to send (and to store until sent)."""
+
+    id: str  # stable across retries and restarts: the Idempotency-Key
+    receiver: str
+    body: bytes
+    status: str  # firing or resolved, for logs
+    alerts: int  # how many alerts it carries, for logs
+
 
 class Receiver(Protocol):
     name: str
+    min_interval: float  # seconds to leave between two sends (pacing)
 
-    def send(self, notification: Notification) -> None:
-        """Deliver ``notification``; raise DeliveryError if the receiver did not take it."""
+    def render(self, notification: Notification) -> list[Message]:
+        """The messages that carry ``notification``, in the order they must go."""
+
+    def deliver(self, message: Message) -> None:
+        """Send one message; raise DeliveryError if the receiver did not take it."""
 
 
 class WebhookReceiver:
     """POSTs the generic JSON body to a URL."""
+
+    min_interval = 0.0
 
     def __init__(self, config: ReceiverConfig, session: requests.Session) -> None:
         self.name = config.name
@@ -36,18 +68,25 @@ class WebhookReceiver:
         self._timeout = config.timeout
         self._session = session
 
-    def body(self, notification: Notification) -> dict[str, Any]:
-        return webhook_body(notification)
+    def render(self, notification: Notification) -> list[Message]:
+        body = webhook_body(notification)
+        return [self._message(notification, notification.id, body)]
 
-    def send(self, notification: Notification) -> None:
-        payload = json.dumps(self.body(notification)).encode()
-        headers = {"Content-Type": "application/json"}
+    def _message(self, notification: Notification, id: str, body: dict[str, Any]) -> Message:
+        data = json.dumps(body, ensure_ascii=False).encode()
+        return Message(id, self.name, data, str(notification.status), len(notification.events))
+
+    def headers(self, message: Message) -> dict[str, str]:
+        """Headers for one send; subclasses add authentication or signatures."""
+        return {"Content-Type": "application/json", "Idempotency-Key": message.id}
+
+    def deliver(self, message: Message) -> None:
         try:
             answer = post(
                 self._session,
                 self._url,
-                data=payload,
-                headers=headers,
+                data=message.body,
+                headers=self.headers(message),
                 timeout=self._timeout,
                 max_bytes=MAX_ANSWER_BYTES,
             )
@@ -58,14 +97,19 @@ class WebhookReceiver:
             raise DeliveryError(transport_reason(exc), permanent=False) from None
 
         if not 200 <= answer.status_code < 300:
-            raise _rejected(answer, self._url)
+            raise rejected(answer, self._url)
 
 
 class SlackReceiver(WebhookReceiver):
-    """POSTs a Slack incoming-webhook message."""
+    """POSTs Slack incoming-webhook messages, at most one a second.
 
-    def body(self, notification: Notification) -> dict[str, Any]:
-        return slack_body(notification)
+    https://api.slack.com/apis/rate-limits#incoming-webhooks
+    """
+
+    min_interval = 1.0
+
+    def render(self, notification: Notification) -> list[Message]:
+        return [self._message(notification, notification.id, slack_body(notification))]
 
 
 def build_receiver(config: ReceiverConfig, session: requests.Session) -> WebhookReceiver:
@@ -74,11 +118,12 @@ def build_receiver(config: ReceiverConfig, session: requests.Session) -> Webhook
     return WebhookReceiver(config, session)
 
 
-def _rejected(answer: Answer, url: str) -> DeliveryError:
+def rejected(answer: Answer, url: str) -> DeliveryError:
     """Explain a non-2xx answer; 4xx other than 408 and 429 will fail the same way again.
 
     A redirect is permanent too: following it would turn the POST into a body-less
-    GET, so the receiver's URL needs updating.
+    GET, so the receiver's URL needs updating.  429 and 503 may say when to come
+    back (``Retry-After``).
     """
     code = answer.status_code
     if 300 <= code < 400:
@@ -94,4 +139,24 @@ def _rejected(answer: Answer, url: str) -> DeliveryError:
             text = text.replace(secret, "<url>")
     text = text[:200]
     permanent = 400 <= code < 500 and code not in (408, 429)
-    return DeliveryError(f"HTTP {code}: {text}" if text else f"HTTP {code}", permanent=permanent)
+    retry_after = retry_after_seconds(answer) if code in (429, 503) else None
+    reason = f"HTTP {code}: {text}" if text else f"HTTP {code}"
+    return DeliveryError(reason, permanent=permanent, retry_after=retry_after)
+
+
+def retry_after_seconds(answer: Answer, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: a number of seconds, or an HTTP date.
+
+    https://www.rfc-editor.org/rfc/rfc9110#field.retry-after
+    """
+    value = answer.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    wait = moment.timestamp() - (time.time() if now is None else now)
+    return min(max(wait, 0.0), MAX_RETRY_AFTER)

@@ -92,7 +92,9 @@ class Watchdog:
             r.name: Policy(tuple(r.group_by), r.max_alerts, r.send_resolved)
             for r in settings.receivers
         }
-        self.dispatcher = Dispatcher(receivers, self.metrics, clock, policies)
+        self.dispatcher = Dispatcher(
+            receivers, self.metrics, clock, policies, store=store, config=settings.delivery
+        )
 
         # Without a store (``check``, tests) alert state lives only in this object.
         self.store = store
@@ -235,7 +237,9 @@ class Watchdog:
             outcome = self._evaluated(evaluation)
 
         try:
-            self.dispatcher.deliver_due()
+            # The daemon's workers deliver in the background; without them, send now.
+            if not self.dispatcher.running:
+                self.dispatcher.deliver_due()
         except Exception:
             # Keep the daemon evaluating; the defect is logged with its traceback.
             log.exception("delivering notifications failed")
@@ -254,8 +258,7 @@ class Watchdog:
         now = max((s.evaluated_at for s in results.values()), default=self.clock())
         events = self.tracker.update(results.values(), evaluation.forgotten, now)
         events += self._source_recovered(now)
-        self._persist()
-        self.dispatcher.submit(events, now)
+        self._persist(events, now)
 
         with self._lock:
             self._results = results
@@ -275,13 +278,14 @@ class Watchdog:
             self.silences is not None and self.silences.silencing(labels, self.clock()) is not None
         )
 
-    def _persist(self) -> None:
-        """Write what the lifecycle changed before anything is sent about it.
+    def _persist(self, events: list[AlertEvent], now: float) -> None:
+        """Store what the lifecycle changed and the notifications it decided, together.
 
-        A decision is stored first, so a restart never sends the same news twice; a
-        kill between the write and the delivery loses that message (the durable
-        outbox closes that gap).
+        One transaction holds both, so after a kill at any point a restart neither
+        sends the same news twice nor loses what was decided; only then are the
+        notifications queued for sending.  If the write fails they are sent anyway.
         """
+        entries = self.dispatcher.prepare(events, now)
         changed, deleted = self.tracker.drain_changes()
         for transition in self.tracker.last_transitions:
             self.metrics.alert_transitions.labels(transition.old, transition.new).inc()
@@ -289,21 +293,21 @@ class Watchdog:
         if self.silences is not None:
             self.metrics.silences_active.set(len(self.silences.active(self.clock())))
         if self.store is None:
+            self.dispatcher.enqueue(entries)
             return
         if self._unsaved is not None:
             # The last write failed: write everything, so the file cannot keep old rows.
             changed = list(self.tracker.records().values())
             deleted = sorted(self._unsaved | set(deleted))
-        if not (changed or deleted):
-            return
         try:
-            self.store.save_alerts(changed, deleted)
+            self.store.save_alerts(changed, deleted, entries)
         except (StoreError, ValueError) as exc:
             # Keep evaluating and notifying from memory; the state file catches up later.
             log.error("alert state not saved (%d changes): %s", len(changed) + len(deleted), exc)
             self._unsaved = set(deleted) | (self._unsaved or set())
         else:
             self._unsaved = None
+        self.dispatcher.enqueue(entries)
 
     def _failed(self, exc: SourceError, started: float) -> CycleOutcome:
         self.failures_in_a_row += 1
@@ -322,7 +326,8 @@ class Watchdog:
         self.metrics.pipelines.mark_unknown()
 
         events = self._source_failing(exc, started)
-        self.dispatcher.submit(events, started)
+        if events:
+            self._persist(events, started)
         return CycleOutcome(results=results, events=events, error=exc)
 
     def _source_failing(self, exc: SourceError, now: float) -> list[AlertEvent]:

@@ -78,6 +78,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         " ends_at REAL NOT NULL, comment TEXT NOT NULL, created_by TEXT NOT NULL,"
         " created_at REAL NOT NULL, source TEXT NOT NULL)",
     ),
+    (
+        # Version 2: the durable outbox, notifications decided but not yet delivered.
+        "CREATE TABLE outbox ("
+        " seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,"
+        " receiver TEXT NOT NULL, body BLOB NOT NULL, status TEXT NOT NULL,"
+        " alerts INTEGER NOT NULL, created_at REAL NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL,"
+        " last_error TEXT)",
+        "CREATE INDEX outbox_by_receiver ON outbox (receiver, seq)",
+    ),
 )
 
 # How long a write waits for another process holding the file (a second watchdog
@@ -90,6 +100,10 @@ BUSY_TIMEOUT = 5.0
 _DAMAGE_CODES = (11, 26)
 
 _SIDE_FILES = ("-wal", "-shm", "-journal")
+
+_OUTBOX_COLUMNS = (
+    "id, receiver, body, status, alerts, created_at, next_attempt_at, attempts, last_error"
+)
 
 _ALERT_COLUMNS = (
     "pipeline, check_name, state, severity, active_since, firing_since, clear_since,"
@@ -118,6 +132,22 @@ class AlertRecord:
     @property
     def key(self) -> tuple[str, str]:
         return (self.pipeline, self.check)
+
+
+@dataclass
+class OutboxEntry:
+    """A notification message decided and kept until its receiver took it."""
+
+    id: str  # the message id: the Idempotency-Key
+    receiver: str
+    body: bytes
+    status: str  # firing or resolved
+    alerts: int
+    created_at: float  # local clock at the decision
+    next_attempt_at: float
+    attempts: int = 0
+    last_error: str | None = None
+    seq: int | None = None  # order of the decision; set when saved
 
 
 @dataclass
@@ -220,13 +250,19 @@ class StateStore:
         return {alert.key: alert for alert in alerts}
 
     def save_alerts(
-        self, changed: Iterable[AlertRecord], deleted: Iterable[tuple[str, str]] = ()
+        self,
+        changed: Iterable[AlertRecord],
+        deleted: Iterable[tuple[str, str]] = (),
+        outbox: Iterable[OutboxEntry] = (),
     ) -> None:
-        """Delete the ``deleted`` keys and insert or replace the ``changed`` alerts, in
-        one transaction (a key in both ends up saved).  Nothing to do writes nothing."""
+        """Delete the ``deleted`` keys, insert or replace the ``changed`` alerts and add
+        the ``outbox`` entries, in one transaction (a key in both ends up saved), so a
+        decision and the notifications it makes are stored together or not at all.
+        Nothing to do writes nothing.  Saved entries get their ``seq``."""
         rows = [_alert_to_row(alert) for alert in changed]
         keys = [(pipeline, check) for pipeline, check in deleted]
-        if not rows and not keys:
+        entries = list(outbox)
+        if not rows and not keys and not entries:
             return  # no transaction at all: an idle cycle must not touch the disk
 
         def write(connection: sqlite3.Connection) -> None:
@@ -238,6 +274,38 @@ class StateStore:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            for entry in entries:
+                cursor = connection.execute(
+                    f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _outbox_to_row(entry),
+                )
+                entry.seq = cursor.lastrowid
+
+        self._write(write)
+
+    # Outbox
+
+    def load_outbox(self) -> list[OutboxEntry]:
+        """Every undelivered notification message, in the order it was decided."""
+        rows = self._read(f"SELECT seq, {_OUTBOX_COLUMNS} FROM outbox ORDER BY seq")
+        return [_outbox_from_row(row) for row in rows]
+
+    def update_outbox(self, entry: OutboxEntry) -> None:
+        """Record an attempt: its count, when to try again, and why it failed."""
+
+        def write(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
+                (entry.attempts, entry.next_attempt_at, entry.last_error, entry.id),
+            )
+
+        self._write(write)
+
+    def delete_outbox(self, entry_id: str) -> None:
+        """Forget a message: delivered, or given up."""
+
+        def write(connection: sqlite3.Connection) -> None:
+            connection.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
 
         self._write(write)
 
@@ -634,4 +702,34 @@ def _silence_from_row(row: Any) -> SilenceRecord:
         created_by=row[5],
         created_at=row[6],
         source=row[7],
+    )
+
+
+def _outbox_to_row(entry: OutboxEntry) -> tuple[Any, ...]:
+    return (
+        entry.id,
+        entry.receiver,
+        entry.body,
+        entry.status,
+        entry.alerts,
+        entry.created_at,
+        entry.next_attempt_at,
+        entry.attempts,
+        entry.last_error,
+    )
+
+
+def _outbox_from_row(row: Any) -> OutboxEntry:
+    seq, id_, receiver, body, status, alerts, created, next_at, attempts, error = row
+    return OutboxEntry(
+        id=id_,
+        receiver=receiver,
+        body=bytes(body),
+        status=status,
+        alerts=alerts,
+        created_at=created,
+        next_attempt_at=next_at,
+        attempts=attempts,
+        last_error=error,
+        seq=seq,
     )
