@@ -9,6 +9,7 @@ its log, which is usually all one needs to see why.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import shutil
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 import yaml
@@ -804,7 +805,7 @@ class WatchdogProcess(HTTPServerProcess):
         self.config = dict(config)
         self.config.setdefault("listen", f"127.0.0.1:{free_port()}")
         # Never the system-wide default under /var/lib: each run keeps its own state.
-        self.config.setdefault("state", {"path": str(self.work_dir / f"{name}-state.db")})
+        self.config.setdefault("state", {"path": str(work_dir / f"{name}-state.db")})
         _, port = parse_listen_address(str(self.config["listen"]))
         super().__init__(work_dir, name, port)
         self.binary = binary
@@ -838,3 +839,91 @@ def watchdog_binary() -> str:
             "pipeline-watchdog is not installed: run scripts/install (pip install -e .)"
         )
     return found
+
+
+def check_loopback_url(url: str) -> str:
+    """Refuse a URL for a server to call that is not on 127.0.0.1."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or parts.hostname != "127.0.0.1":
+        raise ValueError(f"URL {url!r}: must be http(s)://127.0.0.1:PORT/...")
+    return url
+
+
+class AlertmanagerServer(HTTPServerProcess):
+    """An Alertmanager routing every alert to one webhook URL on 127.0.0.1.
+
+    ``group_wait`` and ``group_interval`` are short (1s) so that notifications
+    arrive within seconds; ``repeat_interval`` is long, so that a repeat within a
+    test is a duplicate.  Clustering is off (``--cluster.listen-address=``): it would
+    listen on 0.0.0.0:9094.  With ``user`` it asks for basic auth through
+    ``--web.config.file``, and the testbed's own requests send the credentials.
+    https://prometheus.io/docs/alerting/latest/configuration/
+    """
+
+    def __init__(
+        self,
+        work_dir: Path,
+        webhook_url: str,
+        *,
+        group_by: Sequence[str] = ("alertname", "pipeline"),
+        group_wait: str = "1s",
+        group_interval: str = "1s",
+        repeat_interval: str = "1h",
+        user: BasicAuthUser | None = None,
+        extra_args: Sequence[str] = (),
+        port: int | None = None,
+        name: str = "alertmanager",
+    ) -> None:
+        super().__init__(work_dir, name, port)
+        self.webhook_url = check_loopback_url(webhook_url)
+        self.route = {
+            "receiver": "sink",
+            "group_by": list(group_by),
+            "group_wait": group_wait,
+            "group_interval": group_interval,
+            "repeat_interval": repeat_interval,
+        }
+        self.user = user
+        self.extra_args = list(extra_args)
+        self.config_path = self.work_dir / f"{name}.yml"
+        self.web_config_path = self.work_dir / f"{name}-web.yml"
+        self.data_dir = self.work_dir / f"{name}-data"
+        if user is not None:
+            self.http.auth = (user.username, user.password)
+
+    def config(self) -> dict[str, Any]:
+        webhook = {"url": self.webhook_url, "send_resolved": True}
+        receivers = [{"name": "sink", "webhook_configs": [webhook]}]
+        return {"route": self.route, "receivers": receivers}
+
+    def command(self) -> list[str]:
+        binary = require_binary("prometheus-alertmanager", "prometheus-alertmanager")
+        self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        command = [
+            binary,
+            f"--config.file={self.config_path}",
+            f"--storage.path={self.data_dir}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--cluster.listen-address=",
+            # Only shown in notifications (externalURL); the default names this host.
+            f"--web.external-url={self.url}",
+        ]
+        if self.user is not None:
+            users = {"basic_auth_users": {self.user.username: self.user.bcrypt_hash}}
+            self.web_config_path.write_text(yaml.safe_dump(users))
+            command.append(f"--web.config.file={self.web_config_path}")
+        return [*command, *self.extra_args]
+
+    @property
+    def alerts_url(self) -> str:
+        return f"{self.url}/api/v2/alerts"
+
+    def alerts(self, **labels: str) -> list[dict[str, Any]]:
+        """The active alerts (``GET /api/v2/alerts``) having these label values."""
+        # Matchers in Alertmanager's syntax; a JSON string is a valid quoted value.
+        matchers = [f"{name}={json.dumps(value)}" for name, value in labels.items()]
+        response = self.http.get(
+            self.alerts_url, params={"filter": matchers}, timeout=HTTP_TIMEOUT
+        )
+        response.raise_for_status()
+        return list(response.json())
