@@ -402,3 +402,12 @@ def test_lag_check_compares_the_difference_to_its_threshold() -> None:
     assert results[("a", "lag")].lag == 3601
     assert results[("a", "lag")].deadline is None
     assert results[("b", "lag")].state is FreshnessState.fresh
+
+
+def test_pipeline_only_expected_then_removed_from_config_is_forgotten_at_once() -> None:
+    before = run({}, NOW, settings(pipelines=[{"name": "gone"}]))
+
+    after = run({}, NOW + 30, settings(), before.results)
+
+    assert "gone" not in after.statuses
+    assert [s.pipeline for s in after.forgotten] == ["gone"]

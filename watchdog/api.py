@@ -258,3 +258,30 @@ def _json(
         ],
     )
     return [data]
+
+
+def reload_endpoint(
+    environ: dict[str, Any],
+    start_response: StartResponse,
+    token: str | None,
+    reload: Callable[[], tuple[bool, list[str]]],
+) -> Iterable[bytes]:
+    """``POST /-/reload``: reload the configuration file; the API token guards it.
+
+    200 when the new configuration runs, 400 with its problems when it was
+    rejected (the old one keeps running).
+    """
+    try:
+        _allow(environ.get("REQUEST_METHOD", "GET"), "POST")
+        if not token:
+            raise _HttpError(403, "reload over HTTP is disabled: set api.token or api.token_file")
+        _authorize(environ, token.encode())
+    except _HttpError as exc:
+        return _json(start_response, exc.status, {"error": exc.message}, exc.headers)
+
+    ok, problems = reload()
+    if not ok:
+        return _json(
+            start_response, 400, {"error": "configuration rejected", "problems": problems}
+        )
+    return _json(start_response, 200, {"status": "reloaded"})

@@ -12,8 +12,9 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
-from watchdog import __version__
+from watchdog import __version__, logs
 from watchdog.config import Settings, load_settings, unknown_environment
 from watchdog.durations import format_duration, iso_time
 from watchdog.exceptions import ConfigError, SourceError, StoreError
@@ -87,17 +88,7 @@ def _error(message: str) -> None:
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # APScheduler logs every job run at INFO, and a skipped run at WARNING, which the
-    # daemon reports in its own words; its errors still come through.
-    logging.getLogger("apscheduler").setLevel(logging.ERROR)
-    # urllib3's own warnings name the URL, which for a webhook is a secret; every
-    # failure reaches our logs through the project's exceptions instead.
-    logging.getLogger("urllib3").setLevel(logging.CRITICAL + 1)
+    logs.configure(settings.log_level, settings.log_format)
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
@@ -109,7 +100,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     disable_created_metrics()  # type: ignore[no-untyped-call]
     _configure_logging(settings)
     try:
-        daemon = Daemon(settings)
+        daemon = Daemon(settings, config_path=Path(args.config))
     except StoreError as exc:
         _error(str(exc))
         return EXIT_ERROR

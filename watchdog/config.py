@@ -586,8 +586,10 @@ class WebhookReceiverConfig(_ReceiverConfig):
     @field_validator("external_url")
     @classmethod
     def _plain_url(cls, url: str) -> str:
+        # Sent in every body: it must hold nothing secret.
         parts = urlsplit(url)
-        if not re.match(r"^https?://[^/\s@]+", url) or parts.query or parts.fragment:
+        plain = "@" not in parts.netloc and not parts.query and not parts.fragment
+        if not re.match(r"^https?://[^/\s]+", url) or not plain:
             raise ValueError("must be an http:// or https:// URL without credentials or query")
         return url.rstrip("/")
 
@@ -658,9 +660,32 @@ class SlackReceiverConfig(_ReceiverConfig):
 
 
 class PagerDutyReceiverConfig(_ReceiverConfig):
-    """PagerDuty Events API v2: ``url`` is the events endpoint, with no default."""
+    """PagerDuty Events API v2: one event per alert.
+
+    ``url`` is the events endpoint and has no default (PagerDuty's is
+    ``https://events.pagerduty.com/v2/enqueue``, its EU service's
+    ``https://events.eu.pagerduty.com/v2/enqueue``).  ``routing_key`` is the
+    integration key of the service to page, a secret; its length is not checked.
+    """
 
     type: Literal["pagerduty"]
+    routing_key: Password | None = None
+    routing_key_file: SecretFile | None = None
+    # Each alert is its own event: an alert left out of a notification is never paged.
+    max_alerts: Annotated[int, Field(ge=1, le=1000)] = 1000
+
+    @model_validator(mode="after")
+    def _one_routing_key(self) -> "PagerDutyReceiverConfig":
+        if (self.routing_key is None) == (self.routing_key_file is None):
+            raise ValueError("set exactly one of routing_key and routing_key_file")
+        return self
+
+    def resolve_routing_key(self) -> str:
+        """The routing key, read from its file when the configuration was loaded."""
+        if self.routing_key_file is not None:
+            return self.routing_key_file.value.get_secret_value()
+        assert self.routing_key is not None  # guaranteed by _one_routing_key
+        return self.routing_key.get_secret_value()
 
 
 class AlertmanagerReceiverConfig(_ReceiverConfig):
@@ -698,6 +723,35 @@ class DeliveryConfig(_Section):
     initial_backoff: PositiveDuration = 1.0
     max_backoff: PositiveDuration = 300.0
     shutdown_timeout: Duration = 10.0  # time the outbox gets to drain on SIGTERM
+
+
+class HeartbeatConfig(_Section):
+    """A dead-man's switch: a URL pinged (POST) after each successful evaluation.
+
+    A healthchecks-style service then notices a watchdog that has died.
+    """
+
+    url: SecretStr | None = None
+    url_file: SecretFile | None = None
+    timeout: PositiveDuration = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: SecretStr) -> SecretStr:
+        _check_receiver_url(url.get_secret_value())
+        return url
+
+    @model_validator(mode="after")
+    def _one_url(self) -> "HeartbeatConfig":
+        if (self.url is None) == (self.url_file is None):
+            raise ValueError("set exactly one of url and url_file")
+        return self
+
+    def resolve_url(self) -> str:
+        if self.url is not None:
+            return self.url.get_secret_value()
+        assert self.url_file is not None  # guaranteed by _one_url
+        return self.url_file.value.get_secret_value()
 
 
 class StateConfig(_Section):
@@ -782,6 +836,8 @@ class Settings(BaseSettings):
     evaluation_interval: PositiveDuration = 30.0
     listen: str = "127.0.0.1:9309"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    heartbeat: HeartbeatConfig | None = None
     metric: str = "ml_pipeline_last_success_timestamp"
     pipeline_label: str = "pipeline"
     carry_labels: list[str] = []

@@ -353,8 +353,15 @@ def _judge_check(
 
 
 def _is_forgotten(status: PipelineStatus, rules: PipelineRules) -> bool:
-    if status.state is not FreshnessState.missing or status.last_seen is None:
+    """A pipeline no longer expected, without a series for ``forget_after``.
+
+    One that never had a series (it was only expected, and a reload removed it from
+    the configuration) has nothing to wait for and is forgotten at once.
+    """
+    if status.state is not FreshnessState.missing:
         return False
+    if status.last_seen is None:
+        return True
     return status.evaluated_at - status.last_seen > rules.forget_after
 
 

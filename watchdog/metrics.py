@@ -216,10 +216,35 @@ class WatchdogMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
             registry=self.registry,
         )
+        self.heartbeats = Counter(
+            "ml_watchdog_heartbeats",
+            "Heartbeat pings by result: sent, failed, or skipped while one was under way.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.config_reload_successful = Gauge(
+            "ml_watchdog_config_last_reload_successful",
+            "1 if the last configuration (re)load succeeded, else 0.",
+            registry=self.registry,
+        )
+        self.config_reload_timestamp = Gauge(
+            "ml_watchdog_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration (re)load.",
+            registry=self.registry,
+        )
         Info("ml_watchdog_build", "Version of pipeline-watchdog.", registry=self.registry).info(
             {"version": __version__}
         )
         self._initialise(receivers)
+
+    def add_receivers(self, receivers: Iterable[str]) -> None:
+        """Create the per-receiver series of receivers added by a reload."""
+        for receiver in receivers:
+            for result in ("sent", "failed"):
+                self.notifications.labels(receiver, result)
+            for result in ("delivered", "failed"):
+                self.notification_attempts.labels(receiver, result)
+            self.outbox_pending.labels(receiver)
 
     def _initialise(self, receivers: Iterable[str]) -> None:
         # Series that exist from the start make rate() and absent-based alerts work.
@@ -229,6 +254,8 @@ class WatchdogMetrics:
             self.query_errors.labels(kind)
         for kind in ("partial", "other"):
             self.query_warnings.labels(kind)
+        for result in ("sent", "failed", "skipped"):
+            self.heartbeats.labels(result)
         self.observe_alerts(())
         for receiver in receivers:
             for result in ("sent", "failed"):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from watchdog.alerts import SOURCE_CHECK, AlertEvent, AlertStatus, EventKind
+from watchdog.alerts import SOURCE_CHECK, AlertEvent, AlertStatus, EventKind, alert_labels
 from watchdog.durations import format_duration, iso_time
 from watchdog.freshness import LAST_SUCCESS, FreshnessState, PipelineStatus
 from watchdog.schedule import zone
@@ -49,6 +49,8 @@ ALERTMANAGER_NOT_ENDED = "0001-01-01T00:00:00Z"
 ALERTNAME_STALE = "PipelineStale"  # the built-in last_success check
 ALERTNAME_CHECK = "PipelineCheckFailing"  # a custom check
 ALERTNAME_SOURCE = "WatchdogCannotEvaluate"  # Prometheus cannot be queried
+# One line of summary is what Alertmanager's default templates show in a title.
+_ALERTMANAGER_SUMMARY_LIMIT = 500
 
 # https://developer.pagerduty.com/docs/events-api-v2/trigger-events/
 PAGERDUTY_MAX_SUMMARY = 1024
@@ -385,11 +387,14 @@ def _alertmanager_alert(
     firing = event.status is AlertStatus.firing
     # The alert's end is the evaluation that resolved it, never before its start.
     ended = max(notification.created_at, event.firing_since)
-    labels = alertmanager_labels(event)
+    annotations = {
+        "summary": printable(summarize(event), _ALERTMANAGER_SUMMARY_LIMIT),
+        "description": _alertmanager_description(event),
+    }
     return {
         "status": str(event.status),
-        "labels": labels,
-        "annotations": {"summary": _short_summary(event), "description": summarize(event)},
+        "labels": alertmanager_labels(event),
+        "annotations": annotations,
         "startsAt": iso_time(event.firing_since) or ALERTMANAGER_NOT_ENDED,
         "endsAt": ALERTMANAGER_NOT_ENDED if firing else iso_time(ended),
         "generatorURL": f"{external_url}/api/v1/alerts" if external_url else "",
@@ -398,15 +403,13 @@ def _alertmanager_alert(
 
 
 def alertmanager_labels(event: AlertEvent) -> dict[str, str]:
-    """The alert's labels, then ``alertname``, ``pipeline``, ``check`` and ``severity``
-    (these four win over a carried label of the same name)."""
-    labels = dict(event.pipeline.labels)
+    """The alert's labels and ``alertname``, ``pipeline``, ``check``, ``severity`` (these
+    win over a carried label of the same name).  Empty values are left out, as
+    Alertmanager treats an empty label as an absent one: the source alert has no
+    ``pipeline``."""
+    labels = alert_labels(event.pipeline, event.severity)
     labels["alertname"] = alertname(event)
-    if not event.is_source:
-        labels["pipeline"] = event.pipeline.pipeline
-    labels["check"] = event.pipeline.check
-    labels["severity"] = event.severity
-    return labels
+    return {name: value for name, value in labels.items() if value}
 
 
 def fingerprint(event: AlertEvent) -> str:
@@ -443,17 +446,19 @@ def _common(maps: list[dict[str, str]]) -> dict[str, str]:
     return common
 
 
-def _short_summary(event: AlertEvent) -> str:
-    """A few words for a title: ``train is stale``, ``train recovered``."""
+def _alertmanager_description(event: AlertEvent) -> str:
+    """What the alert is about, then the figures it rests on, one per line."""
     status = event.pipeline
-    firing = event.status is AlertStatus.firing
-    if event.is_source:
-        return f"pipeline-watchdog {'cannot' if firing else 'can'} evaluate pipelines"
-    if not firing:
-        return f"{subject(status)} {'alert closed' if event.reason else 'recovered'}"
-    if event.severity == "warning":
-        return f"{subject(status)} is getting late"
-    return f"{subject(status)} {_STATE_WORDS[status.state]}"
+    lines = [describe(status)]
+    if status.age is not None:
+        lines.append(f"Age: {format_duration(status.age)}")
+    if status.threshold:
+        lines.append(f"Threshold: {status.threshold}")
+    if status.deadline is not None:
+        lines.append(f"Deadline: {iso_time(status.deadline)}")
+    if status.last_success is not None:
+        lines.append(f"Last success: {iso_time(status.last_success)}")
+    return "\n".join(lines)
 
 
 # PagerDuty Events API v2 ---------------------------------------------------------

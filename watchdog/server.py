@@ -1,8 +1,9 @@
 """The watchdog's HTTP endpoints: ``/metrics``, ``/healthz``, ``/readyz`` and the API.
 
 A small threaded WSGI server from the standard library; prometheus_client's WSGI
-app serves the metrics (content negotiation and gzip included), and paths under
-``/api/`` go to the API's own WSGI app (:mod:`watchdog.api`).
+app serves the metrics (content negotiation and gzip included), paths under
+``/api/`` go to the API's own WSGI app (:mod:`watchdog.api`), and ``/`` is the
+status page for people (:mod:`watchdog.statuspage`).
 """
 
 import logging
@@ -38,9 +39,14 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def make_app(
-    registry: CollectorRegistry, healthz: Probe, readyz: Probe, api: WSGIApp | None = None
+    registry: CollectorRegistry,
+    healthz: Probe,
+    readyz: Probe,
+    api: WSGIApp | None = None,
+    status_page: WSGIApp | None = None,
 ) -> WSGIApp:
-    """The whole site; ``/api/...`` answers 404 when no ``api`` is given."""
+    """The whole site; ``/api/...`` answers 404 when no ``api`` is given, and ``/``
+    when no ``status_page`` is (:func:`watchdog.statuspage.make_status_page`)."""
     metrics_app = make_wsgi_app(registry)
     probes = {"/healthz": healthz, "/readyz": readyz}
 
@@ -53,6 +59,8 @@ def make_app(
             return _text(start_response, "200 OK" if ok else "503 Service Unavailable", reason)
         if path.startswith("/api/") and api is not None:
             return api(environ, start_response)
+        if path == "/" and status_page is not None:
+            return status_page(environ, start_response)
         return _text(start_response, "404 Not Found", "not found")
 
     return app

@@ -17,11 +17,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from watchdog.alertmanager import AlertmanagerPusher
 from watchdog.alerts import SOURCE_CHECK, AlertEvent, AlertStatus, AlertTracker, alert_labels
-from watchdog.config import CheckConfig, Settings
+from watchdog.config import AlertmanagerReceiverConfig, CheckConfig, Settings
 from watchdog.delivery import Dispatcher, Policy
 from watchdog.durations import iso_time
-from watchdog.exceptions import InvalidResponse, SourceError, StoreError
+from watchdog.exceptions import DeliveryError, InvalidResponse, SourceError, StoreError
 from watchdog.freshness import (
     LAST_SUCCESS,
     CheckResult,
@@ -43,7 +44,7 @@ from watchdog.receivers import build_receiver
 from watchdog.routing import Router
 from watchdog.rules import RuleBook
 from watchdog.silences import SilenceBook
-from watchdog.store import StateStore
+from watchdog.store import AlertRecord, StateStore
 from watchdog.transport import new_session
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,22 @@ class Watchdog:
         self.rules = RuleBook(settings)
         self.metrics = metrics or WatchdogMetrics(r.name for r in settings.receivers)
         self.client = client or PrometheusClient.from_config(settings.prometheus)
-        receivers = [build_receiver(r, new_session()) for r in settings.receivers]
+        # An Alertmanager is kept in sync every cycle rather than sent each change.
+        receivers = [
+            build_receiver(r, new_session())
+            for r in settings.receivers
+            if not isinstance(r, AlertmanagerReceiverConfig)
+        ]
+        self.pushers = [
+            AlertmanagerPush(
+                AlertmanagerPusher(
+                    r, new_session(), evaluation_interval=settings.evaluation_interval
+                ),
+                self.metrics,
+            )
+            for r in settings.receivers
+            if isinstance(r, AlertmanagerReceiverConfig)
+        ]
         policies = {
             r.name: Policy(tuple(r.group_by), r.max_alerts, r.send_resolved)
             for r in settings.receivers
@@ -106,6 +122,7 @@ class Watchdog:
 
         self._lock = threading.Lock()
         self._results: dict[StatusKey, PipelineStatus] = {}
+        self._last_known: dict[StatusKey, PipelineStatus] = {}  # from the last good cycle
         self._known_states: dict[StatusKey, FreshnessState] = {}
         self._source_alert_since: float | None = None
         self._unsaved: set[StatusKey] | None = None  # deletions not yet written, after a failure
@@ -262,6 +279,8 @@ class Watchdog:
 
         with self._lock:
             self._results = results
+        self._last_known = results
+        self._push(events, now)
         if self.failures_in_a_row:
             log.info("Prometheus answers again after %d failed cycles", self.failures_in_a_row)
         self.failures_in_a_row = 0
@@ -270,6 +289,24 @@ class Watchdog:
         self.metrics.prometheus_up.set(1)
         self.metrics.last_evaluation.set(self.clock())
         return CycleOutcome(results=results, events=events)
+
+    def inherit(self, old: "Watchdog") -> None:
+        """Carry a running watchdog's state into this one, built from a new config."""
+        self.tracker = AlertTracker(
+            self.rules, Router(self.settings.receivers), old.tracker.records(), self._silenced
+        )
+        with old._lock:
+            self._results = dict(old._results)
+        self._last_known = old._last_known
+        self._known_states = dict(old._known_states)
+        self._source_alert_since = old._source_alert_since
+        self._unsaved = old._unsaved
+        self.failures_in_a_row = old.failures_in_a_row
+        self.cycles = old.cycles
+        self.last_cycle_at = old.last_cycle_at
+        # An unchanged Alertmanager receiver keeps what it must still re-send.
+        kept = {p.pusher.name: p for p in old.pushers}
+        self.pushers = [kept.get(p.pusher.name, p) for p in self.pushers]
 
     def _silenced(self, labels: Mapping[str, str], now: float) -> bool:
         # Silences are timed by the local clock, as people set them; ``now`` is
@@ -328,7 +365,35 @@ class Watchdog:
         events = self._source_failing(exc, started)
         if events:
             self._persist(events, started)
+        # Keep Alertmanager's alerts alive through the outage, or it would resolve them.
+        self._push(events, started)
         return CycleOutcome(results=results, events=events, error=exc)
+
+    def _push(self, events: list[AlertEvent], now: float) -> None:
+        """Send every Alertmanager receiver the alerts firing for it, and new all-clears."""
+        if not self.pushers:
+            return
+        records = self.tracker.records()
+        for push in self.pushers:
+            name = push.pusher.name
+            firing = [
+                (self._last_known[key], record)
+                for key, record in records.items()
+                if record.state == "firing"
+                and name in record.receivers
+                and not record.notify_pending
+                and key in self._last_known
+            ]
+            if self._source_alert_since is not None:
+                since = self._source_alert_since
+                source = AlertRecord("", SOURCE_CHECK, "firing", "critical", since, since)
+                firing.append((self._source_status(now, "the Prometheus query fails"), source))
+            resolved = [
+                (e.pipeline, _resolved_record(e), now)
+                for e in events
+                if e.status is AlertStatus.resolved and e.receivers and name in e.receivers
+            ]
+            push.send(firing, resolved, now)
 
     def _source_failing(self, exc: SourceError, now: float) -> list[AlertEvent]:
         """The watchdog's own alert, once the source has failed often enough in a row."""
@@ -384,3 +449,60 @@ class Watchdog:
                 "pipeline %s: forgotten, no series for longer than forget_after",
                 printable(subject(status)),
             )
+
+
+def _resolved_record(event: AlertEvent) -> AlertRecord:
+    since = event.firing_since
+    return AlertRecord(
+        event.pipeline.pipeline,
+        event.pipeline.check,
+        "firing",
+        event.severity,
+        since,
+        firing_since=since,
+        receivers=list(event.receivers or ()),
+    )
+
+
+class AlertmanagerPush:
+    """Runs one Alertmanager receiver's push on its own thread, so a slow or absent
+    Alertmanager never delays a cycle; while a push is under way the next is skipped
+    (the one after re-sends everything anyway)."""
+
+    def __init__(self, pusher: AlertmanagerPusher, metrics: WatchdogMetrics) -> None:
+        self.pusher = pusher
+        self._metrics = metrics
+        self._thread: threading.Thread | None = None
+
+    def send(
+        self,
+        firing: list[tuple[PipelineStatus, AlertRecord]],
+        resolved: list[tuple[PipelineStatus, AlertRecord, float]],
+        now: float,
+    ) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            log.warning("Alertmanager %s: previous push still running; skipped", self.pusher.name)
+            return
+        self._thread = threading.Thread(
+            target=self._run, args=(firing, resolved, now), name="alertmanager", daemon=True
+        )
+        self._thread.start()
+
+    def wait(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(
+        self,
+        firing: list[tuple[PipelineStatus, AlertRecord]],
+        resolved: list[tuple[PipelineStatus, AlertRecord, float]],
+        now: float,
+    ) -> None:
+        name = self.pusher.name
+        try:
+            self.pusher.push(firing, resolved, now)
+        except DeliveryError as exc:
+            self._metrics.notification_attempts.labels(name, "failed").inc()
+            log.warning("Alertmanager %s: push failed: %s", name, exc.reason)
+            return
+        self._metrics.notification_attempts.labels(name, "delivered").inc()
