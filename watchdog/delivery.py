@@ -300,6 +300,7 @@ class Dispatcher:
             entry.alerts,
             entry.id,
             entry.attempts,
+            extra={"receiver": receiver, "status": entry.status, "notification_id": entry.id},
         )
 
     def _failed(self, receiver: str, entry: OutboxEntry, exc: DeliveryError) -> bool:
@@ -321,6 +322,7 @@ class Dispatcher:
                 entry.id,
                 why,
                 exc.reason,
+                extra={"receiver": receiver, "status": entry.status, "notification_id": entry.id},
             )
             self._metrics.notifications.labels(receiver, "failed").inc()
             self._forget(entry)

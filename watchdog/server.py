@@ -2,7 +2,7 @@
 
 A small threaded WSGI server from the standard library; prometheus_client's WSGI
 app serves the metrics (content negotiation and gzip included), paths under
-``/api/`` go to the API's own WSGI app (:mod:`watchdog.api`), and ``/`` is the
+``/api/`` (and ``/-/reload``) go to the API's own WSGI app (:mod:`watchdog.api`), and ``/`` is the
 status page for people (:mod:`watchdog.statuspage`).
 """
 
@@ -57,7 +57,7 @@ def make_app(
         if path in probes:
             ok, reason = probes[path]()
             return _text(start_response, "200 OK" if ok else "503 Service Unavailable", reason)
-        if path.startswith("/api/") and api is not None:
+        if (path.startswith("/api/") or path == "/-/reload") and api is not None:
             return api(environ, start_response)
         if path == "/" and status_page is not None:
             return status_page(environ, start_response)

@@ -441,6 +441,12 @@ class Watchdog:
                 before or "new",
                 status.state,
                 printable(explain(status), limit=1000),
+                extra={
+                    "pipeline": status.pipeline,
+                    "check": status.check,
+                    "state": status.state,
+                    "old_state": before or "new",
+                },
             )
 
         for status in evaluation.forgotten:
