@@ -512,8 +512,10 @@ def showcase() -> list[dict[str, Any]]:
         alert("ingest", check="source_lag", **aged(20 * 60, HOUR)),
         alert(
             "nightly-export",
-            **aged(6 * HOUR, 26 * HOUR),
-            threshold="schedule '0 2 * * *' Europe/Berlin + 2h grace",
+            **{
+                **aged(6 * HOUR, 26 * HOUR),
+                "threshold": "schedule '0 2 * * *' Europe/Berlin + 2h grace",
+            },
         ),
     ]
 

@@ -45,7 +45,7 @@ MAX_REFRESH = 300
 # at least 4.5:1 (WCAG AA for normal text); the tests measure it.
 TONES = {
     "critical": ("#b42318", "#ffffff"),
-    "warning": ("#9a3412", "#ffffff"),
+    "warning": ("#f97316", "#1c0a00"),
     "pending": ("#fde68a", "#422006"),
     "held": ("#5b21b6", "#ffffff"),
     "unknown": ("#4b5563", "#ffffff"),
