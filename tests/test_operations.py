@@ -232,3 +232,19 @@ def test_json_logs_carry_the_event_fields(
     sent = next(line for line in lines if line["message"].startswith("notification sent"))
     assert sent["receiver"] == "hook"
     assert sent["status"] == "firing"
+
+
+def test_the_running_daemon_serves_its_status_page(
+    prometheus: PrometheusServer, pipeline: str, tmp_path: Path
+) -> None:
+    daemon = WatchdogProcess(tmp_path, base_config(prometheus, pipeline, "1h")).start()
+    try:
+        wait_until(lambda: requests.get(daemon.url + "/readyz", timeout=5).status_code == 200, 20)
+        page = requests.get(daemon.url + "/", timeout=5)
+    finally:
+        daemon.stop()
+
+    assert page.status_code == 200
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert pipeline in page.text
+    assert "script-src" not in page.headers["Content-Security-Policy"]

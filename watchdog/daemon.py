@@ -36,6 +36,7 @@ from watchdog.metrics import WatchdogMetrics
 from watchdog.server import HttpServer, WSGIApp, make_app
 from watchdog.service import Clock, Watchdog
 from watchdog.silences import SilenceBook
+from watchdog.statuspage import make_status_page
 from watchdog.store import StateStore
 from watchdog.transport import redact_url
 
@@ -74,7 +75,15 @@ class Daemon:
         self._loaded()
 
         host, port = parse_listen(settings.listen)
-        app = make_app(self.metrics.registry, self.healthz, self.readyz, api=self._route_api)
+        # Through lambdas, so the page and the API follow a reload's new watchdog.
+        status_page = make_status_page(lambda: self.watchdog, version=__version__, clock=clock)
+        app = make_app(
+            self.metrics.registry,
+            self.healthz,
+            self.readyz,
+            api=self._route_api,
+            status_page=status_page,
+        )
         try:
             self.server = HttpServer(host, port, app)
         except OSError:

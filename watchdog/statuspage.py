@@ -151,7 +151,8 @@ def _wanted_state(query: str) -> str | None:
 
 
 def _unknown_state(value: str) -> str:
-    return f"There is no state named {value!r}; showing every state."
+    # Cut, so a long query string cannot fill the page.
+    return f"There is no state named {value[:60]!r}; showing every state."
 
 
 def _send(
