@@ -1,23 +1,40 @@
-# pipeline-watchdog: a slim image that runs the daemon as a non-root user.
+# pipeline-watchdog: the daemon in a slim image, as the non-root UID 10001.
 #   docker build -t pipeline-watchdog .
-#   docker run -v $PWD/watchdog.yaml:/etc/pipeline-watchdog/watchdog.yaml:ro -p 9309:9309 \
-#     pipeline-watchdog
-# The config must set `listen: 0.0.0.0:9309` for the port to be reachable from outside.
+#   docker run --read-only --tmpfs /tmp -p 9309:9309 \
+#     -v "$PWD/watchdog.yaml:/etc/pipeline-watchdog/watchdog.yaml:ro" pipeline-watchdog
+# The config must set `listen: 0.0.0.0:9309` for the port to be reachable from
+# outside the container. tests/test_deployment.py checks the properties below.
 
+# Build stage: the project and its dependencies installed into a virtualenv, the
+# way `pip install .` (and so scripts/install) installs them.
 FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY watchdog ./watchdog
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN python -m venv /opt/pipeline-watchdog \
+    && /opt/pipeline-watchdog/bin/pip install --no-cache-dir .
 
+# Final stage: the same base without pip's work files or the sources; it only
+# copies the virtualenv (its bytecode compiled at install, so nothing is written
+# at run time).
 FROM python:3.11-slim
-ENV PYTHONDONTWRITEBYTECODE=1 \
+ENV PATH=/opt/pipeline-watchdog/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin watchdog
+# A fixed numeric UID, so that Kubernetes' runAsNonRoot can check it; the state
+# directory is created owned by it before VOLUME, which keeps that ownership.
+RUN groupadd --system --gid 10001 watchdog \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin watchdog \
+    && install -d -o 10001 -g 10001 -m 0750 /var/lib/pipeline-watchdog \
+    && install -d -m 0755 /etc/pipeline-watchdog
+COPY --from=build /opt/pipeline-watchdog /opt/pipeline-watchdog
 USER 10001:10001
+WORKDIR /var/lib/pipeline-watchdog
+VOLUME /var/lib/pipeline-watchdog
 EXPOSE 9309
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["pipeline-watchdog"]
+ENTRYPOINT ["/opt/pipeline-watchdog/bin/pipeline-watchdog"]
 CMD ["run", "--config", "/etc/pipeline-watchdog/watchdog.yaml"]
