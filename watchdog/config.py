@@ -102,6 +102,22 @@ def _read_secret_file(value: object) -> FileSecret:
     return FileSecret(path, SecretStr(text))
 
 
+def _one_of(model: BaseModel, inline: str, file: str, *, required: bool) -> None:
+    """A secret given inline or from its file: never both; with ``required``, one of them."""
+    given = [getattr(model, inline) is not None, getattr(model, file) is not None]
+    if all(given):
+        raise ValueError(f"set only one of {inline} and {file}")
+    if required and not any(given):
+        raise ValueError(f"set exactly one of {inline} and {file}")
+
+
+def _secret(inline: SecretStr | None, file: FileSecret | None) -> str | None:
+    """The secret's text, from its file (read when the configuration was loaded) or inline."""
+    if file is not None:
+        return file.value.get_secret_value()
+    return None if inline is None else inline.get_secret_value()
+
+
 def _text_only(value: object) -> object:
     # YAML reads an unquoted 0123 as the number 83: refuse numbers rather than guess.
     if not isinstance(value, str | SecretStr):
@@ -168,15 +184,11 @@ class BasicAuthConfig(_Section):
 
     @model_validator(mode="after")
     def _one_password(self) -> "BasicAuthConfig":
-        if (self.password is None) == (self.password_file is None):
-            raise ValueError("set exactly one of password and password_file")
+        _one_of(self, "password", "password_file", required=True)
         return self
 
     def resolve_password(self) -> str:
-        if self.password_file is not None:
-            return self.password_file.value.get_secret_value()
-        assert self.password is not None  # guaranteed by _one_password
-        return self.password.get_secret_value()
+        return _secret(self.password, self.password_file) or ""
 
 
 class TLSConfig(_Section):
@@ -595,12 +607,8 @@ class WebhookReceiverConfig(_ReceiverConfig):
 
     @model_validator(mode="after")
     def _one_way_each_secret(self) -> "WebhookReceiverConfig":
-        for inline, file in (
-            ("bearer_token", "bearer_token_file"),
-            ("hmac_secret", "hmac_secret_file"),
-        ):
-            if getattr(self, inline) is not None and getattr(self, file) is not None:
-                raise ValueError(f"set only one of {inline} and {file}")
+        _one_of(self, "bearer_token", "bearer_token_file", required=False)
+        _one_of(self, "hmac_secret", "hmac_secret_file", required=False)
         if self.basic_auth is not None and self._bearer_token() is not None:
             raise ValueError("set only one of bearer_token and basic_auth")
 
@@ -628,12 +636,7 @@ class WebhookReceiverConfig(_ReceiverConfig):
         return headers
 
     def resolve_hmac_secret(self) -> str | None:
-        """The signing secret, read from its file when the configuration was loaded."""
-        if self.hmac_secret_file is not None:
-            return self.hmac_secret_file.value.get_secret_value()
-        if self.hmac_secret is not None:
-            return self.hmac_secret.get_secret_value()
-        return None
+        return _secret(self.hmac_secret, self.hmac_secret_file)
 
     def secret_values(self) -> list[str]:
         """Every secret as sent or known to the receiver, to keep out of what is reported."""
@@ -676,16 +679,11 @@ class PagerDutyReceiverConfig(_ReceiverConfig):
 
     @model_validator(mode="after")
     def _one_routing_key(self) -> "PagerDutyReceiverConfig":
-        if (self.routing_key is None) == (self.routing_key_file is None):
-            raise ValueError("set exactly one of routing_key and routing_key_file")
+        _one_of(self, "routing_key", "routing_key_file", required=True)
         return self
 
     def resolve_routing_key(self) -> str:
-        """The routing key, read from its file when the configuration was loaded."""
-        if self.routing_key_file is not None:
-            return self.routing_key_file.value.get_secret_value()
-        assert self.routing_key is not None  # guaranteed by _one_routing_key
-        return self.routing_key.get_secret_value()
+        return _secret(self.routing_key, self.routing_key_file) or ""
 
 
 class AlertmanagerReceiverConfig(_ReceiverConfig):
@@ -743,15 +741,11 @@ class HeartbeatConfig(_Section):
 
     @model_validator(mode="after")
     def _one_url(self) -> "HeartbeatConfig":
-        if (self.url is None) == (self.url_file is None):
-            raise ValueError("set exactly one of url and url_file")
+        _one_of(self, "url", "url_file", required=True)
         return self
 
     def resolve_url(self) -> str:
-        if self.url is not None:
-            return self.url.get_secret_value()
-        assert self.url_file is not None  # guaranteed by _one_url
-        return self.url_file.value.get_secret_value()
+        return _secret(self.url, self.url_file) or ""
 
 
 class StateConfig(_Section):
@@ -768,17 +762,11 @@ class ApiConfig(_Section):
 
     @model_validator(mode="after")
     def _one_token(self) -> "ApiConfig":
-        if self.token is not None and self.token_file is not None:
-            raise ValueError("set only one of token and token_file")
+        _one_of(self, "token", "token_file", required=False)
         return self
 
     def resolve_token(self) -> str | None:
-        """The token, read from its file when the configuration was loaded."""
-        if self.token is not None:
-            return self.token.get_secret_value()
-        if self.token_file is not None:
-            return self.token_file.value.get_secret_value()
-        return None
+        return _secret(self.token, self.token_file)
 
 
 class MatcherConfig(_Section):
