@@ -34,10 +34,14 @@ import requests
 
 from watchdog.alerts import AlertEvent, AlertStatus, EventKind
 from watchdog.config import AlertmanagerReceiverConfig
-from watchdog.durations import format_duration, iso_time
 from watchdog.exceptions import DeliveryError
 from watchdog.freshness import PipelineStatus
-from watchdog.notifications import alertmanager_labels, describe, printable, summarize
+from watchdog.notifications import (
+    alertmanager_description,
+    alertmanager_labels,
+    printable,
+    summarize,
+)
 from watchdog.store import AlertRecord
 from watchdog.transport import Answer, is_timeout, post, transport_reason
 
@@ -209,20 +213,6 @@ def resolved_alert(
     return _alert(_event(AlertStatus.resolved, status, record, reason), resolved_at)
 
 
-def description(status: PipelineStatus) -> str:
-    """What the alert is about, then the figures it rests on, one per line."""
-    lines = [describe(status)]
-    if status.age is not None:
-        lines.append(f"Age: {format_duration(status.age)}")
-    if status.threshold:
-        lines.append(f"Threshold: {status.threshold}")
-    if status.deadline is not None:
-        lines.append(f"Deadline: {iso_time(status.deadline)}")
-    if status.last_success is not None:
-        lines.append(f"Last success: {iso_time(status.last_success)}")
-    return "\n".join(lines)
-
-
 def rfc3339(timestamp: float) -> str:
     """Unix seconds as RFC 3339 in UTC with milliseconds, as Alertmanager writes them."""
     moment = datetime.fromtimestamp(timestamp, tz=UTC)
@@ -245,7 +235,7 @@ def _alert(event: AlertEvent, ends_at: float) -> dict[str, Any]:
     labels = {name: value for name, value in alertmanager_labels(event).items() if value}
     annotations = {
         "summary": printable(summarize(event), _SUMMARY_LIMIT),  # names may hold newlines
-        "description": description(event.pipeline),
+        "description": alertmanager_description(event.pipeline),
         "state": str(event.pipeline.state),
     }
     # No generatorURL: the watchdog has no page per alert, and Alertmanager accepts

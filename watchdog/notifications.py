@@ -389,7 +389,7 @@ def _alertmanager_alert(
     ended = max(notification.created_at, event.firing_since)
     annotations = {
         "summary": printable(summarize(event), _ALERTMANAGER_SUMMARY_LIMIT),
-        "description": _alertmanager_description(event),
+        "description": alertmanager_description(event.pipeline),
     }
     return {
         "status": str(event.status),
@@ -446,9 +446,8 @@ def _common(maps: list[dict[str, str]]) -> dict[str, str]:
     return common
 
 
-def _alertmanager_description(event: AlertEvent) -> str:
+def alertmanager_description(status: PipelineStatus) -> str:
     """What the alert is about, then the figures it rests on, one per line."""
-    status = event.pipeline
     lines = [describe(status)]
     if status.age is not None:
         lines.append(f"Age: {format_duration(status.age)}")
