@@ -5,8 +5,8 @@
 # The config must set `listen: 0.0.0.0:9309` for the port to be reachable from
 # outside the container. tests/test_deployment.py checks the properties below.
 
-# Build stage: the project and its dependencies installed into a virtualenv, the
-# way `pip install .` (and so scripts/install) installs them.
+# Build stage: the project and its dependencies installed into a virtualenv by pip,
+# from the same pyproject.toml that scripts/install installs for the tests in CI.
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -16,9 +16,8 @@ COPY watchdog ./watchdog
 RUN python -m venv /opt/pipeline-watchdog \
     && /opt/pipeline-watchdog/bin/pip install --no-cache-dir .
 
-# Final stage: the same base without pip's work files or the sources; it only
-# copies the virtualenv (its bytecode compiled at install, so nothing is written
-# at run time).
+# Final stage: the same base plus the virtualenv alone, its bytecode compiled at
+# install: no build, no sources, and nothing for Python to write at run time.
 FROM python:3.11-slim
 ENV PATH=/opt/pipeline-watchdog/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
