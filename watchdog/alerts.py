@@ -164,8 +164,19 @@ class AlertTracker:
             self._resolve(status, now, cycle, reason)
 
         self.last_transitions = cycle.transitions
-        firing = [self._with_holding(e) for e in cycle.events if e.status is AlertStatus.firing]
+        holding = self._holding()
+        firing = [
+            _with_holding(e, holding) for e in cycle.events if e.status is AlertStatus.firing
+        ]
         return firing + [e for e in cycle.events if e.status is AlertStatus.resolved]
+
+    def _holding(self) -> dict[str, tuple[str, ...]]:
+        """Upstream pipeline -> the downstream pipelines it holds back (one pass)."""
+        held: dict[str, set[str]] = {}
+        for (pipeline, _), record in self._records.items():
+            if record.held_by:
+                held.setdefault(record.held_by, set()).add(pipeline)
+        return {upstream: tuple(sorted(names)) for upstream, names in held.items()}
 
     # Condition holds --------------------------------------------------------------
 
@@ -314,7 +325,7 @@ class AlertTracker:
         self._changed.discard(record.key)
         self._deleted.add(record.key)
 
-    def _with_holding(self, event: AlertEvent) -> AlertEvent:
-        pipeline = event.pipeline.pipeline
-        holding = sorted({p for (p, _), r in self._records.items() if r.held_by == pipeline})
-        return replace(event, holding=tuple(holding)) if holding else event
+
+def _with_holding(event: AlertEvent, holding: Mapping[str, tuple[str, ...]]) -> AlertEvent:
+    held = holding.get(event.pipeline.pipeline)
+    return replace(event, holding=held) if held else event

@@ -26,6 +26,7 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import Any
 
 from watchdog.config import CheckConfig
 from watchdog.durations import format_duration, iso_time
@@ -240,26 +241,34 @@ def evaluate(
 
 
 def _base(
-    name: str, check: str, result: CheckResult, rules: PipelineRules, before: PipelineStatus | None
+    name: str,
+    check: str,
+    result: CheckResult,
+    rules: PipelineRules,
+    before: PipelineStatus | None,
+    **values: Any,
 ) -> PipelineStatus:
-    """The status of a pipeline without a value this cycle: missing, history kept."""
+    """The status of a pipeline without a value this cycle (missing, history kept),
+    with ``values`` overriding fields: one construction, as this runs per pipeline."""
     observation = result.observed.get(name)
     labels = dict(rules.labels)
     labels.update(observation.labels if observation else (before.labels if before else {}))
-    return PipelineStatus(
-        pipeline=name,
-        check=check,
-        state=FreshnessState.missing,
-        evaluated_at=result.evaluated_at,
-        max_age=rules.max_age,
-        threshold=rules.threshold_text,
-        last_success=before.last_success if before else None,
-        lag=before.lag if before else None,
-        last_seen=before.last_seen if before else None,
-        timezone=rules.schedule.timezone if rules.schedule else "UTC",
-        labels=labels,
-        warn_after=rules.warn_after if check == LAST_SUCCESS else None,
-    )
+    fields: dict[str, Any] = {
+        "pipeline": name,
+        "check": check,
+        "state": FreshnessState.missing,
+        "evaluated_at": result.evaluated_at,
+        "max_age": rules.max_age,
+        "threshold": rules.threshold_text,
+        "last_success": before.last_success if before else None,
+        "lag": before.lag if before else None,
+        "last_seen": before.last_seen if before else None,
+        "timezone": rules.schedule.timezone if rules.schedule else "UTC",
+        "labels": labels,
+        "warn_after": rules.warn_after if check == LAST_SUCCESS else None,
+    }
+    fields.update(values)
+    return PipelineStatus(**fields)
 
 
 def _judge_last_success(
@@ -269,24 +278,39 @@ def _judge_last_success(
     before: PipelineStatus | None,
     push: PushTimes | None,
 ) -> PipelineStatus:
-    status = _base(name, LAST_SUCCESS, result, rules, before)
-    if status.last_success is not None:
-        status = replace(status, deadline=rules.deadline(status.last_success))
-    if name not in result.observed:
-        return status
+    observation = result.observed.get(name)
+    if observation is None:
+        last = before.last_success if before else None
+        deadline = rules.deadline(last) if last is not None else None
+        return _base(name, LAST_SUCCESS, result, rules, before, deadline=deadline)
 
-    raw = result.observed[name].value
-    status = replace(status, last_seen=result.evaluated_at, value=raw)
-    problem = _lie(raw * rules.unit_seconds, raw, result.evaluated_at, rules.future_tolerance)
+    raw = observation.value
+    now = result.evaluated_at
+    seen = {"last_seen": now, "value": raw}
+    problem = _lie(raw * rules.unit_seconds, raw, now, rules.future_tolerance)
     if problem is not None:
-        return replace(status, state=problem[0], reason=problem[1], deadline=None)
-    if push is not None and push.failed_last:
-        return replace(status, state=FreshnessState.invalid, reason=_push_reason(push))
+        state, reason = problem
+        return _base(name, LAST_SUCCESS, result, rules, before, state=state, reason=reason, **seen)
 
     last_success = raw * rules.unit_seconds
     deadline = rules.deadline(last_success)
-    state = FreshnessState.stale if result.evaluated_at > deadline else FreshnessState.fresh
-    return replace(status, state=state, last_success=last_success, deadline=deadline)
+    if push is not None and push.failed_last:
+        state, reason = FreshnessState.invalid, _push_reason(push)
+    else:
+        state = FreshnessState.stale if now > deadline else FreshnessState.fresh
+        reason = ""
+    return _base(
+        name,
+        LAST_SUCCESS,
+        result,
+        rules,
+        before,
+        state=state,
+        reason=reason,
+        last_success=last_success,
+        deadline=deadline,
+        **seen,
+    )
 
 
 def _lie(

@@ -29,7 +29,7 @@ UNIT_SECONDS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PipelineRules:
     """Everything that decides one pipeline's freshness."""
 
@@ -61,7 +61,7 @@ class PipelineRules:
             deadlines.append(self.schedule.next_run_after(last_success) + self.grace)
         return min(deadlines)
 
-    @property
+    @cached_property
     def threshold_text(self) -> str:
         """How the threshold reads in messages: ``2h`` or ``0 2 * * * Europe/Berlin + 2h``."""
         parts = []
@@ -88,6 +88,7 @@ class RuleBook:
         self._include = [re.compile(p) for p in settings.discovery.include]
         self._exclude = [re.compile(p) for p in settings.discovery.exclude]
         self._cache: dict[str, PipelineRules] = {}
+        self._by_entries: dict[tuple[int, ...], PipelineRules] = {}
 
     @cached_property
     def expected(self) -> frozenset[str]:
@@ -105,16 +106,27 @@ class RuleBook:
     def for_pipeline(self, name: str) -> PipelineRules:
         rules = self._cache.get(name)
         if rules is None:
-            rules = self._cache[name] = self._resolve(name)
+            rules = self._cache[name] = self._shared(name)
+        return rules
+
+    def _shared(self, name: str) -> PipelineRules:
+        # Pipelines with the same entries share one rules object: a fleet of thousands
+        # under ``defaults`` is resolved (and its threshold text written) once.
+        entries = self._entries(name)
+        key = tuple(id(entry) for entry in entries)
+        if name in self._by_name:
+            return self._resolve(name, entries)
+        rules = self._by_entries.get(key)
+        if rules is None:
+            rules = self._by_entries[key] = self._resolve(name, entries)
         return rules
 
     def upstreams(self) -> dict[str, tuple[str, ...]]:
         """Pipeline -> the pipelines it depends on (only those that declare any)."""
         return {name: tuple(p.depends_on) for name, p in self._by_name.items() if p.depends_on}
 
-    def _resolve(self, name: str) -> PipelineRules:
+    def _resolve(self, name: str, entries: list[PipelineConfig]) -> PipelineRules:
         defaults = self.settings.defaults
-        entries = self._entries(name)
 
         def pick(attribute: str, fallback: Any) -> Any:
             for entry in reversed(entries):
