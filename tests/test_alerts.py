@@ -143,6 +143,7 @@ def test_warning_then_critical_escalates_once_and_back_does_not_page() -> None:
     assert warning[0].receivers == ("all",)
     assert kinds(escalated) == [("escalated", "train")]
     assert escalated[0].severity == "critical"
+    assert escalated[0].receivers == ("all", "critical-only")
     assert back == []
 
 
@@ -321,3 +322,40 @@ def test_checks_of_one_pipeline_are_separate_alerts() -> None:
 
     assert sorted(e.pipeline.key for e in events) == [("train", "lag"), ("train", "last_success")]
     assert all(e.kind is EventKind.firing for e in events)
+
+
+def test_alert_no_longer_evaluated_is_closed_once() -> None:
+    alerts = tracker()
+    alerts.update([status(STALE, name="other"), status(STALE, name="features")], now=T0)
+
+    closed = alerts.update([status(STALE, T0 + 30, name="features")], now=T0 + 30)
+    later = alerts.update([status(STALE, T0 + 60, name="features")], now=T0 + 60)
+
+    assert kinds(closed) == [("resolved", "other")]
+    assert "no longer watched" in closed[0].reason
+    assert later == []
+    assert set(alerts.firing()) == {("features", "last_success")}
+
+
+def test_all_clear_of_an_alert_whose_receivers_were_renamed_goes_to_the_current_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stored = {
+        ("train", "last_success"): AlertRecord(
+            "train",
+            "last_success",
+            "firing",
+            "critical",
+            T0,
+            firing_since=T0,
+            last_notified_at=T0,
+            receivers=["old-name"],
+        )
+    }
+    alerts = tracker(records=stored)
+
+    events = alerts.update([status(FRESH, T0 + 60, age=10)], now=T0 + 60)
+
+    assert kinds(events) == [("resolved", "train")]
+    assert events[0].receivers == ("all", "critical-only")
+    assert "the receivers of its firing alert are gone" in caplog.text

@@ -273,3 +273,17 @@ def test_notification_dated_by_a_clock_ahead_of_ours_goes_out_at_once(clock) -> 
     sender.deliver_due()
 
     assert len(receiver.delivered) == 1
+
+
+@pytest.mark.parametrize("retry_after", [0.0, -5.0])
+def test_retry_after_of_zero_or_in_the_past_still_backs_off(clock, retry_after: float) -> None:
+    limited = ScriptedReceiver(
+        "r", [DeliveryError("HTTP 429", permanent=False, retry_after=retry_after)] * 3
+    )
+    sender = dispatcher(clock, limited, config={"initial_backoff": 2})
+    sender.submit([event(AlertStatus.firing)], clock())
+
+    for _ in range(5):
+        sender.deliver_due()
+
+    assert len(limited.attempts) == 1

@@ -128,3 +128,19 @@ def test_receiver_error_that_echoes_the_secret_path_is_blanked() -> None:
 
     assert caught.value.reason == "HTTP 404: Cannot POST <url>"
     assert "HOOKSECRET" not in str(caught.value)
+
+
+def test_echoed_url_secrets_are_blanked_in_every_encoding() -> None:
+    from watchdog.receivers import url_secrets
+
+    url = "http://watchdog:URLPW9@127.0.0.1:1/services/T0/B0/SLACKPATH?key=QUERYSECRET10"
+    echoed = (
+        "got key%3DQUERYSECRET10 from d2F0Y2hkb2c6VVJMUFc5 at "
+        "%2Fservices%2FT0%2FB0%2FSLACKPATH with password URLPW9"
+    )
+
+    for secret in sorted(url_secrets(url), key=len, reverse=True):
+        echoed = echoed.replace(secret, "<url>")
+
+    for leaked in ("QUERYSECRET10", "d2F0Y2hkb2c6VVJMUFc5", "SLACKPATH", "URLPW9"):
+        assert leaked not in echoed

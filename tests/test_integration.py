@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.receiver import ReceivedRequest, RecordingReceiver
-from testbed.servers import ExporterProcess, PrometheusServer
+from testbed.servers import ExporterProcess, PrometheusServer, free_port
 from watchdog.config import Settings
 from watchdog.freshness import FreshnessState
 from watchdog.service import CycleOutcome, Watchdog
@@ -250,3 +250,30 @@ def test_pipeline_names_needing_escapes_round_trip(
     outcome = cycle_until(watchdog, state_is(name, FreshnessState.fresh))
 
     assert outcome.statuses[name].age is not None
+
+
+def test_the_source_alert_survives_a_restart_and_resolves_once(
+    prometheus: PrometheusServer, receiver: RecordingReceiver, tmp_path: Path
+) -> None:
+    from watchdog.store import StateStore
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    store = StateStore.open(tmp_path / "state.db")
+    down = Watchdog(settings_for(dead, receiver, source_failure_alert_after=2), store=store)
+    for _ in range(2):
+        down.run_cycle()
+
+    restarted = Watchdog(settings_for(dead, receiver, source_failure_alert_after=2), store=store)
+    restarted.run_cycle()
+    back = Watchdog(settings_for(prometheus.url, receiver), store=store)
+    back.run_cycle()
+    again = Watchdog(settings_for(prometheus.url, receiver), store=store)
+    again.run_cycle()
+    store.close()
+
+    own = [r.json() for r in receiver.requests("/hook")]
+    source = [b for b in own if b["alerts"][0]["check"] == "source"]
+    assert [(b["status"], b["alerts"][0]["kind"]) for b in source] == [
+        ("firing", "firing"),
+        ("resolved", "resolved"),
+    ]

@@ -174,7 +174,7 @@ def test_time_beyond_the_calendar_renders_as_null_not_a_crash() -> None:
 
 
 def test_printable_escapes_control_characters_and_cuts_long_names() -> None:
-    from watchdog.notifications import printable
+    from watchdog.logs import printable
 
     assert printable("a\nERROR forged") == "a\\nERROR forged"
     assert printable("ü ok") == "ü ok"

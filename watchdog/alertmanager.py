@@ -36,10 +36,10 @@ from watchdog.alerts import AlertEvent, AlertStatus, EventKind
 from watchdog.config import AlertmanagerReceiverConfig
 from watchdog.exceptions import DeliveryError
 from watchdog.freshness import PipelineStatus
+from watchdog.logs import printable
 from watchdog.notifications import (
     alertmanager_description,
     alertmanager_labels,
-    printable,
     summarize,
 )
 from watchdog.store import AlertRecord

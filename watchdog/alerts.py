@@ -28,14 +28,18 @@ clock, a reminder comes at the planned time, and an alert that cleared while the
 watchdog was down resolves on its first evaluation.
 """
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from watchdog.freshness import FreshnessState, PipelineStatus, StatusKey
+from watchdog.logs import printable
 from watchdog.routing import Router
 from watchdog.rules import RuleBook
 from watchdog.store import AlertRecord
+
+log = logging.getLogger(__name__)
 
 SOURCE_CHECK = "source"
 
@@ -146,11 +150,20 @@ class AlertTracker:
         now: float | None = None,
     ) -> list[AlertEvent]:
         """Apply one cycle's statuses; return the events to notify, firing ones first."""
+        statuses = list(statuses)
+        forgotten = list(forgotten)
+        evaluated = {s.key for s in statuses} | {s.key for s in forgotten}
         statuses = [s for s in statuses if s.state is not FreshnessState.unknown]
         if now is None:
             now = max((s.evaluated_at for s in statuses), default=0.0)
         late = {s.pipeline for s in statuses if s.is_problem}
         cycle = _Cycle()
+
+        # An alert whose pipeline or check is no longer evaluated at all (excluded or
+        # removed by a reload, or a check taken out) would otherwise fire forever.
+        for key in [k for k in self._records if k not in evaluated]:
+            orphan = PipelineStatus(key[0], FreshnessState.missing, now, check=key[1])
+            self._resolve(orphan, now, cycle, "no longer watched: removed from the configuration")
 
         for status in statuses:
             if status.severity is None:
@@ -265,6 +278,17 @@ class AlertTracker:
         if record.state != "firing" or not record.receivers or record.last_notified_at is None:
             return  # nobody was told it fired: nobody needs the all-clear
 
+        receivers = self._current(record.receivers)
+        if not receivers:
+            # Every receiver told of the firing was removed or renamed by a reload: the
+            # all-clear goes where the alert would be routed now, rather than nowhere.
+            labels = alert_labels(status, record.severity)
+            receivers = self._router.receivers_for(labels)
+            log.warning(
+                "pipeline %s: the receivers of its firing alert are gone; all-clear to %s",
+                printable(status.pipeline),
+                ", ".join(receivers) or "nobody",
+            )
         event = AlertEvent(
             AlertStatus.resolved,
             status,
@@ -272,7 +296,7 @@ class AlertTracker:
             reason,
             kind=EventKind.resolved,
             severity=record.severity or "critical",
-            receivers=tuple(record.receivers),
+            receivers=tuple(receivers),
         )
         cycle.events.append(event)
 
@@ -292,12 +316,19 @@ class AlertTracker:
             self._set(replace(record, notify_pending=True), cycle)
             return
 
+        # Routed again each time: an escalation to critical reaches receivers that take
+        # only critical alerts, and a receiver renamed by a reload is replaced.
+        routed = self._router.receivers_for(alert_labels(status, severity))
+        receivers = self._current(record.receivers) + [
+            name for name in routed if name not in record.receivers
+        ]
         self._set(
             replace(
                 record,
                 notify_pending=False,
                 last_notified_at=now,
                 last_notified_severity=severity,
+                receivers=receivers,
             ),
             cycle,
         )
@@ -308,9 +339,14 @@ class AlertTracker:
             held_by=held_by,
             kind=kind,
             severity=severity,
-            receivers=tuple(record.receivers),
+            receivers=tuple(receivers),
         )
         cycle.events.append(event)
+
+    def _current(self, receivers: list[str]) -> list[str]:
+        """The receivers still configured, of those an alert was routed to."""
+        known = set(self._router.names)
+        return [name for name in receivers if name in known]
 
     def _set(self, record: AlertRecord, cycle: _Cycle, old_state: str | None = None) -> None:
         if old_state is not None:

@@ -250,7 +250,15 @@ class Daemon:
             return False, exc.problems
 
         with self._cycle_lock:
-            self._swap(settings)
+            try:
+                self._swap(settings)
+            except Exception:
+                # Whatever broke, the old watchdog keeps running, delivering included.
+                log.exception("configuration reload (%s) failed; the running one stays", reason)
+                self.watchdog.dispatcher.start()
+                self._config_digest = digest
+                self.metrics.config_reload_successful.set(0)
+                return False, ["the new configuration could not be applied (see the log)"]
         self._config_digest = digest
         self._loaded()
         log.info(
@@ -272,10 +280,10 @@ class Daemon:
 
         old = self.watchdog
         old.dispatcher.stop(timeout=min(settings.delivery.shutdown_timeout, 5.0))
-        self.metrics.add_receivers(r.name for r in settings.receivers)
-        self.silences.load(settings.silences)
         watchdog = self._watchdog(settings)
         watchdog.inherit(old)
+        self.metrics.add_receivers(r.name for r in settings.receivers)
+        self.silences.load(settings.silences)
         watchdog.dispatcher.start()
 
         self.watchdog = watchdog

@@ -175,7 +175,10 @@ class Dispatcher:
                 pass
 
     def start(self) -> None:
-        """Start one worker thread per receiver."""
+        """Start one worker thread per receiver (again, after a stop)."""
+        self._stopping.clear()
+        with self._lock:
+            self._drain_until = None
         for name in self._receivers:
             worker = threading.Thread(
                 target=self._work, args=(name,), name=f"deliver-{name}", daemon=True
@@ -345,7 +348,8 @@ class Dispatcher:
     def _backoff(self, attempts: int, retry_after: float | None) -> float:
         """Exponential backoff with jitter (half fixed, half random), or Retry-After."""
         if retry_after is not None:
-            return retry_after
+            # "Retry-After: 0" or a date gone by must not turn into a burst of retries.
+            return max(retry_after, self._config.initial_backoff)
         base = min(self._config.initial_backoff * 2.0 ** (attempts - 1), self._config.max_backoff)
         return base / 2 + base / 2 * self._jitter()
 

@@ -221,7 +221,9 @@ def evaluate(
     for result in results:
         config = (checks or {}).get(result.check)
         names = {n for n in result.observed if book.watches(n)}
-        names |= {p for (p, check) in previous if check == result.check}
+        # A pipeline seen before stays (missing, ageing) only while still watched; one a
+        # reload excluded is dropped, and its alert closes as no longer watched.
+        names |= {p for (p, check) in previous if check == result.check and book.watches(p)}
         if result.check == LAST_SUCCESS:
             names |= book.expected
 

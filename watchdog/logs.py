@@ -59,3 +59,13 @@ def configure(level: str, format: str) -> None:
     # urllib3's own lines name the URL, which for a webhook is a secret; every failure
     # reaches our logs through the project's exceptions instead.
     logging.getLogger("urllib3").setLevel(logging.CRITICAL + 1)
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` safe for one log line: control characters escaped, long text cut.
+
+    Pipeline names come from label values, which may hold newlines that would
+    otherwise forge log lines.
+    """
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."

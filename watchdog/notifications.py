@@ -23,6 +23,7 @@ from typing import Any
 from watchdog.alerts import SOURCE_CHECK, AlertEvent, AlertStatus, EventKind, alert_labels
 from watchdog.durations import format_duration, iso_time
 from watchdog.freshness import LAST_SUCCESS, FreshnessState, PipelineStatus
+from watchdog.logs import printable
 from watchdog.schedule import zone
 
 WEBHOOK_SCHEMA_VERSION = "1"
@@ -79,16 +80,6 @@ _STATE_WORDS = {
     FreshnessState.invalid: "has an invalid timestamp",
     FreshnessState.unknown: "is unknown",
 }
-
-
-def printable(text: str, limit: int = 200) -> str:
-    """``text`` safe for one log line: control characters escaped, long text cut.
-
-    Pipeline names come from label values, which may hold newlines that would
-    otherwise forge log lines.
-    """
-    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
 
 
 def subject(status: PipelineStatus) -> str:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import requests
 
@@ -323,17 +323,33 @@ def rejected(answer: Answer, url: str, *, secrets: Sequence[str] = ()) -> Delive
             f"HTTP {code}: the receiver redirects; update its URL", permanent=True
         )
 
-    # Some servers echo the request path in errors: in a webhook URL, that is the secret.
+    # Some servers echo the request in errors: in a webhook URL, the path is the secret.
     text = " ".join(answer.text.split())
-    parts = urlsplit(url)
-    for secret in (url, parts.path, parts.query):
-        if len(secret) > 1:
-            text = text.replace(secret, "<url>")
+    for secret in sorted(url_secrets(url), key=len, reverse=True):
+        text = text.replace(secret, "<url>")
     text = _redact(text, secrets)[:200]
     permanent = 400 <= code < 500 and code not in (408, 429)
     retry_after = retry_after_seconds(answer) if code in (429, 503) else None
     reason = f"HTTP {code}: {text}" if text else f"HTTP {code}"
     return DeliveryError(reason, permanent=permanent, retry_after=retry_after)
+
+
+def url_secrets(url: str) -> set[str]:
+    """The parts of a URL that may be secret, as sent and as a server may echo them:
+    the whole URL, its path, its query and each query value, the password and the
+    basic-auth credentials it implies, raw, percent-encoded and decoded."""
+    parts = urlsplit(url)
+    found = {url, parts.path, parts.query}
+    found |= {value for _, value in parse_qsl(parts.query)}
+    if parts.password:
+        credentials = f"{parts.username or ''}:{parts.password}"
+        found |= {parts.password, unquote(parts.password), credentials}
+        found.add(base64.b64encode(unquote(credentials).encode()).decode())
+    variants = set()
+    for secret in found:
+        variants |= {secret, quote(secret, safe=""), quote(secret), unquote(secret)}
+    # Short pieces ("/", "a") would blank ordinary words; a secret is never that short.
+    return {secret for secret in variants if len(secret) >= 4}
 
 
 def _redact(text: str, secrets: Sequence[str]) -> str:

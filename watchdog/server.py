@@ -26,6 +26,7 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    request_queue_size = 128  # the default of 5 refuses bursts of probes and API calls
 
 
 class _Server6(_Server):
@@ -33,6 +34,9 @@ class _Server6(_Server):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # A client that opens a connection and sends nothing must not hold a thread for ever.
+    timeout = 30
+
     def log_message(self, format: str, *args: Any) -> None:
         # Probes and scrapes arrive every few seconds; logging each is noise.
         log.debug("%s %s", self.address_string(), format % args)

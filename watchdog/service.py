@@ -18,7 +18,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from watchdog.alertmanager import AlertmanagerPusher
-from watchdog.alerts import SOURCE_CHECK, AlertEvent, AlertStatus, AlertTracker, alert_labels
+from watchdog.alerts import (
+    SOURCE_CHECK,
+    AlertEvent,
+    AlertStatus,
+    AlertTracker,
+    EventKind,
+    alert_labels,
+)
 from watchdog.config import AlertmanagerReceiverConfig, CheckConfig, Settings
 from watchdog.delivery import Dispatcher, Policy
 from watchdog.durations import iso_time
@@ -36,8 +43,9 @@ from watchdog.freshness import (
     push_times,
     unknown,
 )
+from watchdog.logs import printable
 from watchdog.metrics import WatchdogMetrics
-from watchdog.notifications import explain, printable, subject
+from watchdog.notifications import explain, subject
 from watchdog.prometheus import PrometheusClient, QueryResult
 from watchdog.queries import SIGNAL_LABEL, check_query, last_success_query, push_query
 from watchdog.receivers import build_receiver
@@ -50,6 +58,9 @@ from watchdog.transport import new_session
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+
+# Where the state file keeps when the watchdog's own "cannot evaluate" alert fired.
+SOURCE_ALERT_META = "source_alert_since"
 
 
 @dataclass(frozen=True)
@@ -124,7 +135,9 @@ class Watchdog:
         self._results: dict[StatusKey, PipelineStatus] = {}
         self._last_known: dict[StatusKey, PipelineStatus] = {}  # from the last good cycle
         self._known_states: dict[StatusKey, FreshnessState] = {}
-        self._source_alert_since: float | None = None
+        # The watchdog's own alert is kept in the state file too, so a restart neither
+        # pages it twice nor forgets to resolve it.
+        self._source_alert_since: float | None = _stored_time(store, SOURCE_ALERT_META)
         self._unsaved: set[StatusKey] | None = None  # deletions not yet written, after a failure
         self.failures_in_a_row = 0
         self.cycles = 0
@@ -402,6 +415,7 @@ class Watchdog:
             return []
 
         self._source_alert_since = now
+        self._store_source_alert()
         reason = (
             f"the Prometheus query failed {self.failures_in_a_row} times in a row "
             f"({exc.kind}: {exc}); pipeline states are unknown"
@@ -414,8 +428,19 @@ class Watchdog:
         if since is None:
             return []
         self._source_alert_since = None
+        self._store_source_alert()
         reason = "queries succeed again"
-        return [AlertEvent(AlertStatus.resolved, self._source_status(now, reason), since)]
+        status = self._source_status(now, reason)
+        return [AlertEvent(AlertStatus.resolved, status, since, kind=EventKind.resolved)]
+
+    def _store_source_alert(self) -> None:
+        if self.store is None:
+            return
+        since = self._source_alert_since
+        try:
+            self.store.set_meta(SOURCE_ALERT_META, "" if since is None else repr(since))
+        except StoreError as exc:
+            log.error("the source alert's state was not saved: %s", exc)
 
     def _source_status(self, now: float, reason: str) -> PipelineStatus:
         return PipelineStatus(
@@ -455,6 +480,14 @@ class Watchdog:
                 "pipeline %s: forgotten, no series for longer than forget_after",
                 printable(subject(status)),
             )
+
+
+def _stored_time(store: StateStore | None, key: str) -> float | None:
+    value = store.get_meta(key) if store is not None else None
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def _resolved_record(event: AlertEvent) -> AlertRecord:
