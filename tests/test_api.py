@@ -332,6 +332,7 @@ def test_deleting_a_config_silence_is_409(site: Site) -> None:
         ({"starts_at": "2027-01-15T10:00:00Z"}, "ends_at: must be after starts_at"),
         ({"comment": ""}, "comment: must not be empty"),
         ({"comment": None}, "comment: required"),
+        ({"comment": "\ud800"}, "comment: not valid Unicode text"),
         ({"comment": ["x"]}, "comment: must be a string"),
         ({"matchers": None}, "matchers: must be a list of {name, value, is_regex, is_equal}"),
         ({"matchers": []}, "matchers: at least one matcher is required"),

@@ -206,6 +206,12 @@ def _text(data: dict[str, Any], name: str) -> str | None:
     value = data.get(name)
     if value is not None and not isinstance(value, str):
         raise ValueError(f"{name}: must be a string")
+    if value is not None and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # JSON can carry lone surrogates ("\ud800"); they are not text to store.
+            raise ValueError(f"{name}: not valid Unicode text") from None
     return value
 
 
