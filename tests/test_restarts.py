@@ -42,11 +42,6 @@ class Daemon(WatchdogProcess):
 
     ready_path = "/readyz"
 
-    def __init__(self, work_dir: Path, config: dict[str, Any]) -> None:
-        # WatchdogProcess.__init__ reads work_dir before its base class sets it.
-        self.work_dir = work_dir
-        super().__init__(work_dir, config)
-
     def kill(self) -> int | None:
         """SIGKILL: the process gets no chance to finish anything; return its exit code."""
         if self.pid is not None and self.running():
