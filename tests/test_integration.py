@@ -6,10 +6,13 @@ uses pipeline names of its own and removes them afterwards.
 """
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from testbed.receiver import ReceivedRequest, RecordingReceiver
 from testbed.servers import ExporterProcess, PrometheusServer, free_port
@@ -277,3 +280,26 @@ def test_the_source_alert_survives_a_restart_and_resolves_once(
         ("firing", "firing"),
         ("resolved", "resolved"),
     ]
+
+
+def test_a_restart_does_not_log_known_problems_as_new(
+    prometheus: PrometheusServer,
+    exporter: ExporterProcess,
+    pipelines: Callable[[str], str],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from watchdog.store import StateStore
+
+    name = pipelines("restart-quiet")
+    exporter.succeed(name, time.time() - 7200)
+    store = StateStore.open(tmp_path / "state.db")
+    first = Watchdog(settings_for(prometheus.url, defaults={"max_age": "1h"}), store=store)
+    cycle_until(first, state_is(name, FreshnessState.stale))
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="watchdog.service"):
+        Watchdog(settings_for(prometheus.url, defaults={"max_age": "1h"}), store=store).run_cycle()
+    store.close()
+
+    assert f"pipeline {name}: new -> stale" not in caplog.text

@@ -460,6 +460,8 @@ class Watchdog:
             self._known_states[key] = status.state
             if before is status.state or (before is None and not status.is_problem):
                 continue
+            if before is None and key in self.tracker.records():
+                continue  # a problem the state file already knew of: not news after a restart
             log.info(
                 "pipeline %s: %s -> %s (%s)",
                 printable(subject(status)),
