@@ -240,6 +240,27 @@ def test_checks_and_labels_show_under_the_pipeline(site: Site) -> None:
     assert "team=ml" in text
 
 
+def test_a_silenced_row_says_by_which_silence_until_when_and_why(site: Site) -> None:
+    site.board.alerts = [
+        alert(
+            "reports",
+            "stale",
+            "firing",
+            silenced_by="s-1",
+            silenced_until="2027-01-15T10:00:00Z",
+            silence_comment="<b>warehouse</b> migration",
+        )
+    ]
+
+    page = site.get().text
+    text = parse(page).text
+
+    assert "by s-1" in text
+    assert "until" in text
+    assert "<b>warehouse</b> migration" in text
+    assert "&lt;b&gt;warehouse&lt;/b&gt;" in page
+
+
 # Filter
 
 

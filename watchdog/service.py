@@ -172,6 +172,8 @@ class Watchdog:
                     "next_deadline": iso_time(status.deadline),
                     "last_success": iso_time(status.last_success),
                     "silenced_by": silence.id if silence else None,
+                    "silence_comment": silence.comment if silence else None,
+                    "silenced_until": iso_time(silence.ends_at) if silence else None,
                     "held_by": record.held_by if record else None,
                     "last_notified_at": iso_time(record.last_notified_at if record else None),
                     "receivers": list(record.receivers) if record else [],

@@ -321,7 +321,7 @@ def _row(alert: Alert, now: float) -> str:
         f'<td class="age">{_age(alert)}</td>',
         f"<td>{_deadline_cell(alert, now)}</td>",
         f"<td>{_last_success(alert, now)}</td>",
-        f"<td>{_silenced_cell(alert)}</td>",
+        f"<td>{_silenced_cell(alert, now)}</td>",
         f"<td>{_notified_cell(alert, now)}</td>",
     ]
     return f'<tr class="row-{tone(alert)}">{"".join(cells)}</tr>\n'
@@ -379,9 +379,18 @@ def _deadline_cell(alert: Alert, now: float) -> str:
     return "<br>".join(parts) or "—"
 
 
-def _silenced_cell(alert: Alert) -> str:
+def _silenced_cell(alert: Alert, now: float) -> str:
     silence = alert.get("silenced_by")
-    return f"by <code>{_e(str(silence))}</code>" if silence else "no"
+    if not silence:
+        return "no"
+    parts = [f"by <code>{_e(str(silence))}</code>"]
+    until = alert.get("silenced_until")
+    if until:
+        parts.append(f'<span class="muted">until</span> {_moment(until, now)}')
+    comment = alert.get("silence_comment")
+    if comment:
+        parts.append(f'<span class="muted">{_e(str(comment))}</span>')
+    return "<br>".join(parts)
 
 
 def _notified_cell(alert: Alert, now: float) -> str:
