@@ -33,10 +33,12 @@ from urllib.parse import urlsplit
 import requests
 
 from watchdog.alerts import AlertEvent, AlertStatus, EventKind
+from watchdog.background import OneAtATime
 from watchdog.config import AlertmanagerReceiverConfig
 from watchdog.exceptions import DeliveryError
 from watchdog.freshness import PipelineStatus
 from watchdog.logs import printable
+from watchdog.metrics import WatchdogMetrics
 from watchdog.notifications import (
     alertmanager_description,
     alertmanager_labels,
@@ -290,3 +292,41 @@ def _error_text(answer: Answer) -> str:
     if isinstance(body, dict):
         return str(body.get("message", answer.text))
     return body if isinstance(body, str) else answer.text
+
+
+class AlertmanagerPush:
+    """Runs one Alertmanager receiver's push in the background, so a slow or absent
+    Alertmanager never delays a cycle; while a push is under way the next is skipped
+    (the one after re-sends everything anyway)."""
+
+    def __init__(self, pusher: AlertmanagerPusher, metrics: WatchdogMetrics) -> None:
+        self.pusher = pusher
+        self._metrics = metrics
+        self._background = OneAtATime("alertmanager")
+
+    def send(
+        self,
+        firing: list[tuple[PipelineStatus, AlertRecord]],
+        resolved: list[tuple[PipelineStatus, AlertRecord, float]],
+        now: float,
+    ) -> None:
+        if not self._background.run(lambda: self._run(firing, resolved, now)):
+            log.warning("Alertmanager %s: previous push still running; skipped", self.pusher.name)
+
+    def wait(self, timeout: float) -> None:
+        self._background.wait(timeout)
+
+    def _run(
+        self,
+        firing: list[tuple[PipelineStatus, AlertRecord]],
+        resolved: list[tuple[PipelineStatus, AlertRecord, float]],
+        now: float,
+    ) -> None:
+        name = self.pusher.name
+        try:
+            self.pusher.push(firing, resolved, now)
+        except DeliveryError as exc:
+            self._metrics.notification_attempts.labels(name, "failed").inc()
+            log.warning("Alertmanager %s: push failed: %s", name, exc.reason)
+            return
+        self._metrics.notification_attempts.labels(name, "delivered").inc()

@@ -3,14 +3,14 @@
 A healthchecks-style endpoint that stops hearing from the watchdog raises its own
 alarm, which covers what the watchdog cannot report about itself: being dead.
 A ping runs on its own thread and never delays a cycle; while one is still under
-way the next is skipped.  The URL is a secret and never logged.
+way the next is skipped (:mod:`watchdog.background`).  The URL is a secret and never logged.
 """
 
 import logging
-import threading
 
 import requests
 
+from watchdog.background import OneAtATime
 from watchdog.config import HeartbeatConfig
 from watchdog.metrics import WatchdogMetrics
 from watchdog.transport import new_session, post, transport_reason
@@ -24,20 +24,15 @@ class Heartbeat:
         self._timeout = config.timeout
         self._metrics = metrics
         self._session = new_session()
-        self._thread: threading.Thread | None = None
+        self._background = OneAtATime("heartbeat")
 
     def ping(self) -> None:
         """Ping in the background; skip when the previous ping has not finished."""
-        if self._thread is not None and self._thread.is_alive():
+        if not self._background.run(self._send):
             self._metrics.heartbeats.labels("skipped").inc()
-            return
-        self._thread = threading.Thread(target=self._send, name="heartbeat", daemon=True)
-        self._thread.start()
 
     def wait(self, timeout: float) -> None:
-        """Let a ping under way finish (for shutdown and tests)."""
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._background.wait(timeout)
 
     def _send(self) -> None:
         try:

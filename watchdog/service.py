@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from watchdog.alertmanager import AlertmanagerPusher
+from watchdog.alertmanager import AlertmanagerPush, AlertmanagerPusher
 from watchdog.alerts import (
     SOURCE_CHECK,
     AlertEvent,
@@ -29,7 +29,7 @@ from watchdog.alerts import (
 from watchdog.config import AlertmanagerReceiverConfig, CheckConfig, Settings
 from watchdog.delivery import Dispatcher, Policy
 from watchdog.durations import iso_time
-from watchdog.exceptions import DeliveryError, InvalidResponse, SourceError, StoreError
+from watchdog.exceptions import InvalidResponse, SourceError, StoreError
 from watchdog.freshness import (
     LAST_SUCCESS,
     CheckResult,
@@ -505,47 +505,3 @@ def _resolved_record(event: AlertEvent) -> AlertRecord:
         firing_since=since,
         receivers=list(event.receivers or ()),
     )
-
-
-class AlertmanagerPush:
-    """Runs one Alertmanager receiver's push on its own thread, so a slow or absent
-    Alertmanager never delays a cycle; while a push is under way the next is skipped
-    (the one after re-sends everything anyway)."""
-
-    def __init__(self, pusher: AlertmanagerPusher, metrics: WatchdogMetrics) -> None:
-        self.pusher = pusher
-        self._metrics = metrics
-        self._thread: threading.Thread | None = None
-
-    def send(
-        self,
-        firing: list[tuple[PipelineStatus, AlertRecord]],
-        resolved: list[tuple[PipelineStatus, AlertRecord, float]],
-        now: float,
-    ) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            log.warning("Alertmanager %s: previous push still running; skipped", self.pusher.name)
-            return
-        self._thread = threading.Thread(
-            target=self._run, args=(firing, resolved, now), name="alertmanager", daemon=True
-        )
-        self._thread.start()
-
-    def wait(self, timeout: float) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(
-        self,
-        firing: list[tuple[PipelineStatus, AlertRecord]],
-        resolved: list[tuple[PipelineStatus, AlertRecord, float]],
-        now: float,
-    ) -> None:
-        name = self.pusher.name
-        try:
-            self.pusher.push(firing, resolved, now)
-        except DeliveryError as exc:
-            self._metrics.notification_attempts.labels(name, "failed").inc()
-            log.warning("Alertmanager %s: push failed: %s", name, exc.reason)
-            return
-        self._metrics.notification_attempts.labels(name, "delivered").inc()
