@@ -12,7 +12,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
@@ -252,7 +252,70 @@ def _check_key_pair(cert_file: Path, key_file: Path) -> None:
         ) from None
 
 
-class PrometheusConfig(_Section):
+class _HttpCredentials(_Section):
+    """Extra headers and authentication for an HTTP endpoint, shared by the Prometheus
+    client and webhook receivers.  Every value is a secret with a ``*_file`` twin."""
+
+    # Headers the watchdog sets itself, which the configuration must not.
+    reserved_headers: ClassVar[frozenset[str]] = _RESERVED_HEADERS
+
+    headers: dict[str, HeaderSecret] = {}
+    header_files: dict[str, HeaderSecretFile] = {}
+    bearer_token: HeaderSecret | None = None
+    bearer_token_file: HeaderSecretFile | None = None
+    basic_auth: BasicAuthConfig | None = None
+
+    @field_validator("headers", "header_files")
+    @classmethod
+    def _header_names(cls, headers: dict[str, Any]) -> dict[str, Any]:
+        for name in headers:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"invalid header name {name!r}")
+            if name.lower() in cls.reserved_headers:
+                raise ValueError(f"{name} is set by the watchdog itself")
+        return headers
+
+    @model_validator(mode="after")
+    def _one_way_each_credential(self) -> "_HttpCredentials":
+        _one_of(self, "bearer_token", "bearer_token_file", required=False)
+        if self.basic_auth is not None and self._bearer_token() is not None:
+            raise ValueError("set only one of bearer_token and basic_auth")
+
+        named = [name.lower() for name in [*self.headers, *self.header_files]]
+        twice = sorted({name for name in named if named.count(name) > 1})
+        if twice:
+            raise ValueError(f"header {twice[0]!r} is set in both headers and header_files")
+        if "authorization" in named and (self.basic_auth or self._bearer_token()):
+            raise ValueError("Authorization is set in headers and by bearer_token or basic_auth")
+        return self
+
+    def request_headers(self) -> dict[str, str]:
+        """The configured headers and the bearer token, as sent: keep them out of logs.
+        (``basic_auth`` is added by the HTTP session.)"""
+        headers = {name: value.get_secret_value() for name, value in self.headers.items()}
+        for name, secret in self.header_files.items():
+            headers[name] = secret.value.get_secret_value()
+
+        token = self._bearer_token()
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    def secret_values(self) -> list[str]:
+        """Every secret as sent, so that what is reported can be kept free of them."""
+        values = list(self.request_headers().values())
+        token = self._bearer_token()
+        if token is not None:
+            values.append(token)
+        if self.basic_auth is not None:
+            values.append(self.basic_auth.resolve_password())
+        return values
+
+    def _bearer_token(self) -> str | None:
+        return _secret(self.bearer_token, self.bearer_token_file)
+
+
+class PrometheusConfig(_HttpCredentials):
     """Where to query, how long one query may take, and how to authenticate.
 
     Secrets (``bearer_token``, ``basic_auth.password``, header values) are
@@ -263,11 +326,6 @@ class PrometheusConfig(_Section):
 
     url: str = "http://127.0.0.1:9090"
     timeout: PositiveDuration = 10.0
-    headers: dict[str, HeaderSecret] = {}
-    header_files: dict[str, HeaderSecretFile] = {}
-    bearer_token: HeaderSecret | None = None
-    bearer_token_file: HeaderSecretFile | None = None
-    basic_auth: BasicAuthConfig | None = None
     tls: TLSConfig = TLSConfig()
 
     @model_validator(mode="before")
@@ -311,61 +369,11 @@ class PrometheusConfig(_Section):
             raise ValueError("holds credentials and basic_auth is set too; keep one")
         return url.rstrip("/")
 
-    @field_validator("headers", "header_files")
-    @classmethod
-    def _header_names(cls, headers: dict[str, Any]) -> dict[str, Any]:
-        for name in headers:
-            if not _HEADER_NAME.match(name):
-                raise ValueError(f"invalid header name {name!r}")
-            if name.lower() in _RESERVED_HEADERS:
-                raise ValueError(f"{name} is set by the watchdog itself")
-        return headers
-
     @model_validator(mode="after")
-    def _one_way_each(self) -> "PrometheusConfig":
-        if self.bearer_token is not None and self.bearer_token_file is not None:
-            raise ValueError("set only one of bearer_token and bearer_token_file")
-        if self.basic_auth is not None and self._bearer_token() is not None:
-            raise ValueError("set only one of bearer_token and basic_auth")
-
-        named = [name.lower() for name in [*self.headers, *self.header_files]]
-        twice = sorted({name for name in named if named.count(name) > 1})
-        if twice:
-            raise ValueError(f"header {twice[0]!r} is set in both headers and header_files")
-        if "authorization" in named and (self.basic_auth or self._bearer_token()):
-            raise ValueError("Authorization is set in headers and by bearer_token or basic_auth")
-
+    def _tls_needs_https(self) -> "PrometheusConfig":
         if self.tls.in_use and not self.url.startswith("https://"):
             raise ValueError("tls only applies to an https:// url")
         return self
-
-    def request_headers(self) -> dict[str, str]:
-        """Every header to send with a query, credentials included: keep it out of logs."""
-        headers = {name: value.get_secret_value() for name, value in self.headers.items()}
-        for name, secret in self.header_files.items():
-            headers[name] = secret.value.get_secret_value()
-
-        token = self._bearer_token()
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        return headers
-
-    def secret_values(self) -> list[str]:
-        """Every secret as sent, so that the client can keep them out of what it reports."""
-        values = list(self.request_headers().values())
-        token = self._bearer_token()
-        if token is not None:
-            values.append(token)
-        if self.basic_auth is not None:
-            values.append(self.basic_auth.resolve_password())
-        return values
-
-    def _bearer_token(self) -> str | None:
-        if self.bearer_token_file is not None:
-            return self.bearer_token_file.value.get_secret_value()
-        if self.bearer_token is not None:
-            return self.bearer_token.get_secret_value()
-        return None
 
 
 TimestampUnit = Literal["seconds", "milliseconds", "microseconds", "nanoseconds"]
@@ -565,7 +573,7 @@ def _check_receiver_url(url: str) -> None:
 _WEBHOOK_HEADERS = frozenset({"idempotency-key", "x-watchdog-timestamp", "x-watchdog-signature"})
 
 
-class WebhookReceiverConfig(_ReceiverConfig):
+class WebhookReceiverConfig(_ReceiverConfig, _HttpCredentials):
     """A JSON webhook: the watchdog's own body (schema in the README), or the body
     Alertmanager's webhook sends (``format: alertmanager``).
 
@@ -574,26 +582,13 @@ class WebhookReceiverConfig(_ReceiverConfig):
     time.  With an HMAC secret each request is signed when it is sent.
     """
 
+    reserved_headers: ClassVar[frozenset[str]] = _RESERVED_HEADERS | _WEBHOOK_HEADERS
+
     type: Literal["webhook"]
     format: Literal["watchdog", "alertmanager"] = "watchdog"
     external_url: str | None = None  # the watchdog as people reach it, for links
-    headers: dict[str, HeaderSecret] = {}
-    header_files: dict[str, HeaderSecretFile] = {}
-    bearer_token: HeaderSecret | None = None
-    bearer_token_file: HeaderSecretFile | None = None
-    basic_auth: BasicAuthConfig | None = None
     hmac_secret: Password | None = None
     hmac_secret_file: SecretFile | None = None
-
-    @field_validator("headers", "header_files")
-    @classmethod
-    def _webhook_header_names(cls, headers: dict[str, Any]) -> dict[str, Any]:
-        for name in headers:
-            if not _HEADER_NAME.match(name):
-                raise ValueError(f"invalid header name {name!r}")
-            if name.lower() in _RESERVED_HEADERS | _WEBHOOK_HEADERS:
-                raise ValueError(f"{name} is set by the watchdog itself")
-        return headers
 
     @field_validator("external_url")
     @classmethod
@@ -606,54 +601,19 @@ class WebhookReceiverConfig(_ReceiverConfig):
         return url.rstrip("/")
 
     @model_validator(mode="after")
-    def _one_way_each_secret(self) -> "WebhookReceiverConfig":
-        _one_of(self, "bearer_token", "bearer_token_file", required=False)
+    def _signing_and_format(self) -> "WebhookReceiverConfig":
         _one_of(self, "hmac_secret", "hmac_secret_file", required=False)
-        if self.basic_auth is not None and self._bearer_token() is not None:
-            raise ValueError("set only one of bearer_token and basic_auth")
-
-        named = [name.lower() for name in [*self.headers, *self.header_files]]
-        twice = sorted({name for name in named if named.count(name) > 1})
-        if twice:
-            raise ValueError(f"header {twice[0]!r} is set in both headers and header_files")
-        if "authorization" in named and (self.basic_auth or self._bearer_token()):
-            raise ValueError("Authorization is set in headers and by bearer_token or basic_auth")
-
         if self.external_url is not None and self.format != "alertmanager":
             raise ValueError("external_url only applies to format: alertmanager")
         return self
-
-    def request_headers(self) -> dict[str, str]:
-        """The configured headers and the bearer token, as sent: keep them out of logs.
-        (``basic_auth`` is added by the receiver.)"""
-        headers = {name: value.get_secret_value() for name, value in self.headers.items()}
-        for name, secret in self.header_files.items():
-            headers[name] = secret.value.get_secret_value()
-
-        token = self._bearer_token()
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        return headers
 
     def resolve_hmac_secret(self) -> str | None:
         return _secret(self.hmac_secret, self.hmac_secret_file)
 
     def secret_values(self) -> list[str]:
-        """Every secret as sent or known to the receiver, to keep out of what is reported."""
-        values = list(self.request_headers().values())
-        for secret in (self._bearer_token(), self.resolve_hmac_secret()):
-            if secret is not None:
-                values.append(secret)
-        if self.basic_auth is not None:
-            values.append(self.basic_auth.resolve_password())
-        return values
-
-    def _bearer_token(self) -> str | None:
-        if self.bearer_token_file is not None:
-            return self.bearer_token_file.value.get_secret_value()
-        if self.bearer_token is not None:
-            return self.bearer_token.get_secret_value()
-        return None
+        values = super().secret_values()
+        hmac_secret = self.resolve_hmac_secret()
+        return values if hmac_secret is None else [*values, hmac_secret]
 
 
 class SlackReceiverConfig(_ReceiverConfig):
