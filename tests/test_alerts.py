@@ -55,6 +55,21 @@ def tracker(
     )
 
 
+def notified_firing(pipeline: str, receivers: list[str]) -> dict:
+    """A stored alert that fired at T0 and was notified to ``receivers``."""
+    record = AlertRecord(
+        pipeline,
+        "last_success",
+        "firing",
+        "critical",
+        T0,
+        firing_since=T0,
+        last_notified_at=T0,
+        receivers=receivers,
+    )
+    return {record.key: record}
+
+
 def kinds(events) -> list[tuple[str, str]]:
     return [(str(e.kind), e.pipeline.pipeline) for e in events]
 
@@ -266,19 +281,7 @@ def test_restart_with_stored_records_does_not_renotify_and_keeps_clocks() -> Non
 
 
 def test_alert_that_cleared_while_down_resolves_on_the_first_evaluation() -> None:
-    stored = {
-        ("train", "last_success"): AlertRecord(
-            "train",
-            "last_success",
-            "firing",
-            "critical",
-            T0,
-            firing_since=T0,
-            last_notified_at=T0,
-            receivers=["all"],
-        )
-    }
-    alerts = tracker(records=stored)
+    alerts = tracker(records=notified_firing("train", ["all"]))
 
     events = alerts.update([status(FRESH, T0 + 3600, age=10)], now=T0 + 3600)
 
@@ -340,19 +343,7 @@ def test_alert_no_longer_evaluated_is_closed_once() -> None:
 def test_all_clear_of_an_alert_whose_receivers_were_renamed_goes_to_the_current_ones(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    stored = {
-        ("train", "last_success"): AlertRecord(
-            "train",
-            "last_success",
-            "firing",
-            "critical",
-            T0,
-            firing_since=T0,
-            last_notified_at=T0,
-            receivers=["old-name"],
-        )
-    }
-    alerts = tracker(records=stored)
+    alerts = tracker(records=notified_firing("train", ["old-name"]))
 
     events = alerts.update([status(FRESH, T0 + 60, age=10)], now=T0 + 60)
 
